@@ -133,3 +133,9 @@ def load_image(uri: str, limits: ImageLimits | None = None) -> Image.Image:
     except OSError as exc:
         raise ImageDecodeError(f"cannot read {uri}: {exc}") from None
     return decode_image(data, limits)
+
+
+def configure_pillow_limits(limits: ImageLimits) -> None:
+    """Pillow's own decompression-bomb guard, as a second line behind the header check:
+    above ``max_pixels`` it warns, above twice that it refuses."""
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels

@@ -57,13 +57,15 @@ class TrainConfig(BaseSettings):
     backbone: str = Field("efficientnet_lite0", description="visual backbone (registry name)")
     pretrained: bool = Field(True, description="start from the backbone's ImageNet weights")
     weights_path: Path | None = Field(None, description="backbone weights file")
-    freeze_blocks: int = Field(0, ge=0, description="leading backbone blocks kept frozen")
+    freeze_blocks: int = Field(
+        0, ge=-1, description="stem + first K backbone blocks frozen (-1 = all)"
+    )
     input_size: int | None = Field(
         None, ge=16, le=2048, description="model input side (default: the backbone's own)"
     )
     resize: ResizeMode | None = Field(None, description="letterbox | squash | center_crop")
     embed_dim: int = Field(512, ge=8, description="shared dimension d of v, s and W")
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.2, ge=0, lt=1, description="on backbone features")
     text_encoder: str | None = Field(
         "bilinear_attention", description="semantic stream; none = visual-only baseline"
     )
@@ -119,8 +121,9 @@ class TrainConfig(BaseSettings):
     num_threads: int = Field(0, ge=0, description="torch threads (0 = cores / processes)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = False
-    max_steps: int = Field(
-        0, ge=0, description="stop after this many steps in total, schedule unchanged (0 = off)"
+    stop_after_steps: int = Field(
+        0, ge=0, description="stop (checkpoint, no final evaluation) after this many steps in "
+        "total, the schedule still laid out over `epochs`: a pre-emption; 0 = off",
     )
     checkpoint_every_steps: int = Field(0, ge=0, description="extra checkpoints (0 = epochs)")
     export: bool = Field(True, description="export the ONNX artifact at the end")

@@ -123,9 +123,8 @@ def render_side(spec: SkuSpec, w: int, h: int) -> np.ndarray:
     fit_text(draw, look.name, (0.08 * h, 0.1 * w, 0.92 * h, 0.9 * w), ink_on(look.primary),
              max_size=0.7 * w, bold=True)
     text = np.asarray(img.rotate(90, expand=True), np.float32)
-    mask = (np.abs(text - np.asarray(look.primary, np.float32)).sum(-1) > 30)[..., None]
-    arr = np.where(mask, text, arr)
     band = int(0.16 * h)
     y = int(0.66 * h)
     arr[max(0, y - band // 2): y + band // 2] = np.asarray(spec.variant_color, np.float32)
-    return arr
+    mask = (np.abs(text - np.asarray(look.primary, np.float32)).sum(-1) > 30)[..., None]
+    return np.where(mask, text, arr)

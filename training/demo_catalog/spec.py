@@ -6,6 +6,7 @@ generated one after another from their own seeded generators and take consecutiv
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -85,6 +86,10 @@ class SkuSpec:
         return zlib.crc32(self.sku_id.encode("ascii"))
 
 
+# three vowels in a row, or a vowel pair followed by another vowel sound, read badly
+_AWKWARD = re.compile(r"[aeiouy]{3}|(.)\1\1|[aeiou]{2}[aeiou]?(is|ix|ex|ia)$")
+
+
 def sku_id_for(index: int) -> str:
     return f"D{index:05d}"
 
@@ -92,11 +97,11 @@ def sku_id_for(index: int) -> str:
 def _brand_name(rng: np.random.Generator, taken: set[str]) -> str:
     for _ in range(100):
         parts = []
-        for _s in range(int(rng.choice([2, 2, 2, 3]))):
+        for _s in range(int(rng.choice([1, 2, 2, 2, 3]))):
             parts.append(ONSETS[rng.integers(len(ONSETS))] + VOWELS[rng.integers(len(VOWELS))])
         parts.append(CODAS[rng.integers(len(CODAS))] + ENDINGS[rng.integers(len(ENDINGS))])
         name = "".join(parts).capitalize()
-        if 4 <= len(name) <= 10 and name not in taken:
+        if 4 <= len(name) <= 9 and name not in taken and not _AWKWARD.search(name.lower()):
             return name
     raise RuntimeError("could not find a new brand name")
 

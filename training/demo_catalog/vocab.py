@@ -161,9 +161,9 @@ PROMO_WORDS: tuple[str, ...] = (
 # Pronounceable brand names: onset + vowel (+ coda), two or three syllables, sometimes an ending.
 ONSETS = (
     "b", "br", "c", "cr", "d", "dr", "f", "fl", "g", "gr", "k", "l", "m", "n", "p", "pr",
-    "r", "s", "st", "t", "tr", "v", "z", "sh", "ch", "j", "qu", "h", "bl", "sp",
+    "r", "s", "st", "t", "tr", "v", "z", "sh", "ch", "j", "h", "bl", "sp", "m", "l", "n",
 )
-VOWELS = ("a", "e", "i", "o", "u", "a", "o", "ea", "ou", "ai", "io")
+VOWELS = ("a", "e", "i", "o", "u", "a", "o", "e", "ee", "oo", "ai")
 CODAS = ("", "", "", "n", "r", "s", "x", "l", "m", "k", "t", "nd", "rt")
 ENDINGS = ("", "", "", "a", "o", "ia", "ex", "ix", "ly", "co", "ra", "vo", "ella", "is")
 

@@ -1,0 +1,85 @@
+"""Settings of the web service (env prefix ``SKU_SERVICE_``, ``.env`` supported)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.settings import (
+    ImageLimits,
+    OnnxRuntimeSettings,
+    load_settings,
+    redis_url_field,
+    validate_redis_url,
+)
+
+PREFIX = "SKU_SERVICE_"
+
+
+class ServiceSettings(BaseSettings):
+    """Everything the service reads from its environment, validated at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        env_nested_delimiter="__", protected_namespaces=(),
+    )
+
+    # where things are
+    redis_url: str | None = redis_url_field(PREFIX)
+    key_prefix: str = Field("sku", pattern=r"^[A-Za-z0-9_.:-]+$", max_length=64)
+    model_dir: Path = Field(Path("artifacts/sicot"), description="SICoT artifact folder")
+    localizer_dir: Path | None = Field(
+        None, description="localizer artifact folder; unset = recognise the whole photo"
+    )
+    index_dir: Path = Field(Path("index"), description="index_builder's output folder")
+
+    # API
+    api_keys: list[str] = Field(
+        default_factory=list, description="accepted API keys (JSON list); empty = auth off"
+    )
+    api_key_header: str = "X-API-Key"
+    default_top_k: int = Field(5, ge=1, le=50)
+    max_top_k: int = Field(50, ge=1, le=200)
+    default_min_score: float = Field(0.0, ge=0.0, le=1.0)
+
+    # limits and runtime
+    limits: ImageLimits = Field(default_factory=ImageLimits)
+    max_concurrency: int = Field(2, ge=1, description="requests computed at once (threads)")
+    max_queue: int = Field(32, ge=0, description="requests waiting beyond that; more → 429")
+    batching: bool = Field(False, description="micro-batch the recognizer model across requests")
+    batch_max_size: int = Field(8, ge=1, le=256)
+    batch_max_wait_ms: float = Field(2.0, ge=0.0, le=100.0)
+    onnx: OnnxRuntimeSettings = Field(default_factory=OnnxRuntimeSettings)
+    index_poll_s: float = Field(2.0, gt=0.0, description="how often the published pointer is read")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503")
+
+    # online path
+    localizer_margin: float = Field(0.1, ge=0.0, le=1.0, description="crop margin around the box")
+    search_k: int = Field(30, ge=1, le=1000, description="neighbours of the category vote")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, v: str | None) -> str | None:
+        return validate_redis_url(v)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, v: list[str]) -> list[str]:
+        if any(len(k) < 8 for k in v):
+            raise ValueError("API keys must be at least 8 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _check_top_k(self) -> ServiceSettings:
+        if self.default_top_k > self.max_top_k:
+            raise ValueError("default_top_k must not exceed max_top_k")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> ServiceSettings:
+    """The process's settings (cached); tests replace it through ``create_app(settings)``."""
+    return load_settings(ServiceSettings)

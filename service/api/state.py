@@ -1,0 +1,170 @@
+"""What the service holds while it runs (Triton-style lifecycle: initialize once, execute per
+request, finalize at shutdown): models, Redis, the followed index, the bounded worker pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.api.metrics import Metrics
+from service.api.settings import ServiceSettings
+from service.artifact import ArtifactError, load_artifact
+from service.batching import MicroBatcher
+from service.localize import LocalizerConfig
+from service.recognizer import OnlineConfig, Recognizer
+from service.redis_server import PrivateRedisServer, RedisUnavailable, connect, redact_url
+from service.snapshot import IndexFollower
+from service.store import SkuStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceState:
+    settings: ServiceSettings
+    metrics: Metrics
+    recognizer: Recognizer | None = None
+    store: SkuStore | None = None
+    follower: IndexFollower | None = None
+    executor: ThreadPoolExecutor | None = None
+    batcher: MicroBatcher | None = None
+    redis_server: PrivateRedisServer | None = None
+    redis_client: Any = None
+    problems: dict[str, str] = field(default_factory=dict)
+    inflight: int = 0
+    _poll_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def initialize(self) -> None:
+        """Load models and connect Redis; a failure is recorded (→ /readyz false, 503)
+        rather than raised, so /healthz and /metrics keep answering."""
+        s = self.settings
+        self.executor = ThreadPoolExecutor(s.max_concurrency, thread_name_prefix="recognize")
+        self._load_models()
+        self._connect_redis()
+        if self.store is not None and self.recognizer is not None:
+            self.follower = IndexFollower(
+                self.store, s.index_dir,
+                expected_model_version=self.recognizer.sicot.config.model_version,
+                on_change=lambda snap: self._publish_versions(),
+            )
+            self.refresh_index()
+        self._publish_versions()
+
+    def _load_models(self) -> None:
+        s = self.settings
+        try:
+            sicot = load_artifact(s.model_dir, s.onnx)
+            localizer = load_artifact(s.localizer_dir, s.onnx) if s.localizer_dir else None
+        except (ArtifactError, OSError) as exc:
+            self.problems["models"] = str(exc)
+            log.error("models not loaded: %s", exc)
+            return
+        run = sicot.model.run
+        if s.batching:
+            self.batcher = MicroBatcher(
+                sicot.model.run, max_batch=s.batch_max_size, max_wait_ms=s.batch_max_wait_ms,
+                on_batch=lambda n: self.metrics.batch_size.observe(n),
+            )
+            run = self.batcher
+        else:
+            def run_counted(x: Any) -> Any:
+                self.metrics.batch_size.observe(x.shape[0])
+                return sicot.model.run(x)
+
+            run = run_counted
+        loc_cfg = LocalizerConfig.from_model_cfg(
+            localizer.config.model if localizer else {}, margin=s.localizer_margin
+        )
+        online = OnlineConfig(
+            margin=s.localizer_margin, search_k=s.search_k, localizer=loc_cfg,
+            fusion_weight=float(sicot.config.evaluation.get("fusion_weight", 0.5)),
+        )
+        self.recognizer = Recognizer(sicot, localizer, online, run_sicot=run)
+        log.info("models loaded: %s%s", sicot.config.model_version,
+                 f", localizer {localizer.config.model_version}" if localizer else "")
+
+    def _connect_redis(self) -> None:
+        s = self.settings
+        try:
+            if s.redis_url:
+                self.redis_client = connect(s.redis_url)
+            else:
+                log.warning("REDIS_URL is not set: starting a private, empty redis-server "
+                            "(fine for a demo; production sets REDIS_URL)")
+                self.redis_server = PrivateRedisServer().start()
+                self.redis_client = connect(self.redis_server.url)
+        except RedisUnavailable as exc:
+            self.problems["redis"] = str(exc)
+            log.error("redis unavailable: %s", exc)
+            return
+        self.store = SkuStore(self.redis_client, s.key_prefix)
+        log.info("redis: %s", redact_url(s.redis_url or self.redis_server.url))  # type: ignore[union-attr]
+
+    def refresh_index(self) -> None:
+        if self.follower is None:
+            return
+        try:
+            changed = self.follower.refresh()
+        except Exception as exc:  # noqa: BLE001 - Redis down: keep serving what we have
+            self.problems["redis"] = f"cannot read the index pointer: {exc}"
+            return
+        self.problems.pop("redis", None)
+        self.metrics.index_reloads.labels("loaded" if changed else "unchanged").inc()
+
+    async def poll_index(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.settings.index_poll_s)
+            await loop.run_in_executor(None, self.refresh_index)
+
+    def start_polling(self) -> None:
+        self._poll_task = asyncio.get_running_loop().create_task(self.poll_index())
+
+    async def finalize(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+        if self.batcher is not None:
+            self.batcher.close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.redis_client is not None:
+            self.redis_client.close()
+        if self.redis_server is not None:
+            self.redis_server.stop()
+
+    # ------------------------------------------------------------------ status
+    @property
+    def snapshot(self):  # type: ignore[no-untyped-def]
+        return self.follower.snapshot if self.follower is not None else None
+
+    def readiness(self) -> tuple[dict[str, bool], dict[str, str]]:
+        checks = {
+            "models": self.recognizer is not None,
+            "index": self.snapshot is not None,
+            "redis": False,
+        }
+        detail = dict(self.problems)
+        if self.redis_client is not None:
+            try:
+                checks["redis"] = bool(self.redis_client.ping())
+            except Exception as exc:  # noqa: BLE001
+                detail["redis"] = f"ping failed: {exc}"
+        if not checks["index"] and self.follower is not None and self.follower.last_error:
+            detail["index"] = self.follower.last_error
+        return checks, detail
+
+    def _publish_versions(self) -> None:
+        r = self.recognizer
+        snap = self.snapshot
+        self.metrics.set_versions(
+            model_version=r.sicot.config.model_version if r else None,
+            localizer_version=r.localizer.config.model_version if r and r.localizer else None,
+            index_version=snap.version if snap else None,
+        )

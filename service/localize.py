@@ -1,0 +1,290 @@
+"""Localization post-processing: raw detector maps → product boxes in image pixels.
+
+Pure numpy, so the service and the evaluation run the same code. The localizer artifact
+(``kind="localizer"``) is an anchor-free, CenterNet/FCOS-style detector with two outputs at one
+stride (``model["stride"]``, a map of ``input_size / stride`` cells a side):
+
+* ``heatmap`` ``(N, 1, H, W)``: objectness in [0, 1] (sigmoid applied in the graph), peaking at
+  product centres;
+* ``ltrb`` ``(N, 4, H, W)``: distances from the cell centre ``((j + .5) s, (i + .5) s)`` to the
+  box's left, top, right and bottom edges, **in units of the stride** (kept small so the ONNX
+  output matches torch to 1e-4 in absolute terms).
+
+Public API::
+
+    LocalizerConfig                         score_threshold, nms_iou, max_detections, margin,
+                                            pre_nms_top_n, main-box weights; from_model_cfg()
+    postprocess(outputs, *, image_size, preprocess, model_cfg, score_threshold=None,
+                nms_iou=None, max_detections=None) -> Detections   (one image)
+    select_main_box(dets, image_size, *, size_power=.5, center_power=1.) -> int | None
+    expand_box(box, margin, image_size) -> (x0, y0, x1, y1)
+    input_to_image_boxes(boxes, image_size, preprocess)   letterbox/squash/crop → image pixels
+    image_to_input_boxes(boxes, image_size, preprocess)   the inverse (training targets)
+    nms(boxes, scores, iou_threshold) -> kept indices;  box_iou(a, b) -> (A, B) IoU matrix
+
+Boxes are ``(x0, y0, x1, y1)`` float pixels, x1/y1 exclusive (the catalog convention).
+
+**Main-box rule** (:func:`select_main_box`): the customer photographs the product they want, so
+it tends to be confident, large and central. Each detection gets
+``score × area_frac ** size_power × (1 - d) ** center_power``, where ``area_frac`` is the box
+area over the image area and ``d`` the distance from the box centre to the image centre divided
+by the half-diagonal (0 at the centre, 1 at a corner). The highest value wins; ties go to the
+earlier detection (detections come sorted by score, so the more confident one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.preprocess import PreprocessConfig
+
+HEATMAP_OUTPUT = "heatmap"
+LTRB_OUTPUT = "ltrb"
+
+
+class LocalizerConfig(BaseModel):
+    """Decoding and main-box parameters; the artifact stores its defaults in
+    ``model["postprocess"]``, the service may override them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    score_threshold: float = Field(0.25, ge=0.0, le=1.0, description="min objectness kept")
+    nms_iou: float = Field(0.5, gt=0.0, le=1.0, description="IoU above which NMS suppresses")
+    max_detections: int = Field(10, ge=1, le=1000)
+    pre_nms_top_n: int = Field(100, ge=1, description="peaks kept before NMS")
+    peak_kernel: int = Field(3, ge=1, description="local-maximum window (odd); 1 disables")
+    margin: float = Field(0.1, ge=0.0, le=2.0, description="crop margin × box size per side")
+    size_power: float = Field(0.5, ge=0.0, description="main-box rule: weight of box size")
+    center_power: float = Field(1.0, ge=0.0, description="main-box rule: weight of centrality")
+
+    @classmethod
+    def from_model_cfg(cls, model_cfg: Mapping[str, Any], **overrides: Any) -> LocalizerConfig:
+        """Defaults from an artifact's ``model["postprocess"]``, then ``overrides``."""
+        values = dict(model_cfg.get("postprocess", {}))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one image, sorted by score (descending)."""
+
+    boxes: np.ndarray  # (K, 4) float32, image pixels x0, y0, x1, y1
+    scores: np.ndarray  # (K,) float32
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
+
+
+def _as_boxes(boxes: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
+    return arr
+
+
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    b = _as_boxes(boxes)
+    return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(A, B)`` IoU matrix of two box sets; boxes without area have IoU 0 with everything."""
+    a, b = _as_boxes(a), _as_boxes(b)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression → kept indices, by descending score; equal scores keep
+    their input order (stable sort), so the result is deterministic."""
+    b = _as_boxes(boxes)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if b.shape[0] != s.shape[0]:
+        raise ValueError(f"{b.shape[0]} boxes but {s.shape[0]} scores")
+    order = np.argsort(-s, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        if order.size == 1:
+            break
+        ious = box_iou(b[i : i + 1], b[order[1:]])[0]
+        order = order[1:][ious <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _letterbox_geometry(
+    image_size: tuple[int, int], cfg: PreprocessConfig
+) -> tuple[float, float, float, float]:
+    """(scale_x, scale_y, offset_x, offset_y) with ``input = image * scale + offset``; the
+    same rounding as :func:`service.preprocess.resize_to_input`."""
+    w, h = image_size
+    if w <= 0 or h <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    s = cfg.input_size
+    if cfg.resize == "squash":
+        return s / w, s / h, 0.0, 0.0
+    if cfg.resize == "center_crop":
+        scale = s / min(w, h)
+        nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+        return nw / w, nh / h, -float((nw - s) // 2), -float((nh - s) // 2)
+    scale = s / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    return nw / w, nh / h, float((s - nw) // 2), float((s - nh) // 2)
+
+
+def input_to_image_boxes(
+    boxes: np.ndarray, image_size: tuple[int, int], preprocess: PreprocessConfig
+) -> np.ndarray:
+    """Boxes in model-input pixels → original image pixels, clipped to the image."""
+    b = _as_boxes(boxes)
+    sx, sy, ox, oy = _letterbox_geometry(image_size, preprocess)
+    out = np.empty_like(b)
+    out[:, [0, 2]] = (b[:, [0, 2]] - ox) / sx
+    out[:, [1, 3]] = (b[:, [1, 3]] - oy) / sy
+    w, h = image_size
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, w)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, h)
+    return out
+
+
+def image_to_input_boxes(
+    boxes: np.ndarray, image_size: tuple[int, int], preprocess: PreprocessConfig
+) -> np.ndarray:
+    """Boxes in image pixels → model-input pixels (not clipped; centre-crop may cut them)."""
+    b = _as_boxes(boxes)
+    sx, sy, ox, oy = _letterbox_geometry(image_size, preprocess)
+    out = np.empty_like(b)
+    out[:, [0, 2]] = b[:, [0, 2]] * sx + ox
+    out[:, [1, 3]] = b[:, [1, 3]] * sy + oy
+    return out
+
+
+def _local_peaks(heat: np.ndarray, kernel: int) -> np.ndarray:
+    """Mask of cells equal to the max of their ``kernel``×``kernel`` window (CenterNet)."""
+    if kernel <= 1:
+        return np.ones_like(heat, dtype=bool)
+    r = kernel // 2
+    padded = np.pad(heat, r, mode="constant", constant_values=-np.inf)
+    h, w = heat.shape
+    window_max = np.full_like(heat, -np.inf)
+    for dy in range(kernel):
+        for dx in range(kernel):
+            window_max = np.maximum(window_max, padded[dy : dy + h, dx : dx + w])
+    return heat >= window_max
+
+
+def decode(
+    heatmap: np.ndarray, ltrb: np.ndarray, stride: float, cfg: LocalizerConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image's maps (``(H, W)`` / ``(1, H, W)`` and ``(4, H, W)``) → candidate boxes in
+    input pixels and their scores, before NMS (peaks above the threshold, best first)."""
+    heat = np.asarray(heatmap, dtype=np.float32).reshape(heatmap.shape[-2:])
+    reg = np.asarray(ltrb, dtype=np.float32)
+    if reg.shape != (4, *heat.shape):
+        raise ValueError(f"ltrb must be (4, {heat.shape[0]}, {heat.shape[1]}), got {reg.shape}")
+    mask = _local_peaks(heat, cfg.peak_kernel) & (heat >= cfg.score_threshold)
+    ys, xs = np.nonzero(mask)
+    scores = heat[ys, xs]
+    order = np.argsort(-scores, kind="stable")[: cfg.pre_nms_top_n]
+    ys, xs, scores = ys[order], xs[order], scores[order]
+    cx, cy = (xs + 0.5) * stride, (ys + 0.5) * stride
+    d = np.clip(reg[:, ys, xs], 0, None) * stride
+    boxes = np.stack([cx - d[0], cy - d[1], cx + d[2], cy + d[3]], axis=1)
+    return boxes.astype(np.float64), scores.astype(np.float32)
+
+
+def postprocess(
+    outputs: Mapping[str, np.ndarray],
+    *,
+    image_size: tuple[int, int],
+    preprocess: PreprocessConfig,
+    model_cfg: Mapping[str, Any],
+    score_threshold: float | None = None,
+    nms_iou: float | None = None,
+    max_detections: int | None = None,
+) -> Detections:
+    """One image's ONNX outputs (batch of 1, or already indexed) → :class:`Detections` in the
+    pixels of the original ``image_size`` = ``(width, height)``. Unset parameters come from
+    ``model_cfg["postprocess"]``, then :class:`LocalizerConfig`'s defaults."""
+    cfg = LocalizerConfig.from_model_cfg(
+        model_cfg, score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections
+    )
+    heat, reg = outputs[HEATMAP_OUTPUT], outputs[LTRB_OUTPUT]
+    if heat.ndim == 4:
+        if heat.shape[0] != 1 or reg.shape[0] != 1:
+            raise ValueError("postprocess takes one image; index the batch first")
+        heat, reg = heat[0], reg[0]
+    boxes, scores = decode(heat, reg, float(model_cfg["stride"]), cfg)
+    s = preprocess.input_size
+    boxes = np.clip(boxes, 0, s)
+    boxes = input_to_image_boxes(boxes, image_size, preprocess)
+    valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, scores = boxes[valid], scores[valid]
+    keep = nms(boxes, scores, cfg.nms_iou)[: cfg.max_detections]
+    return Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32))
+
+
+def main_box_values(
+    dets: Detections,
+    image_size: tuple[int, int],
+    *,
+    size_power: float = 0.5,
+    center_power: float = 1.0,
+) -> np.ndarray:
+    """The main-box rule's value per detection (see the module docstring)."""
+    if len(dets) == 0:
+        return np.zeros((0,), np.float64)
+    w, h = image_size
+    b = dets.boxes.astype(np.float64)
+    area_frac = np.clip(box_area(b) / float(w * h), 0.0, 1.0)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    d = np.hypot(cx - w / 2, cy - h / 2) / (np.hypot(w, h) / 2)
+    centrality = np.clip(1.0 - d, 0.0, 1.0)
+    return dets.scores.astype(np.float64) * area_frac**size_power * centrality**center_power
+
+
+def select_main_box(
+    dets: Detections,
+    image_size: tuple[int, int],
+    *,
+    size_power: float = 0.5,
+    center_power: float = 1.0,
+) -> int | None:
+    """Index of the main product among ``dets`` (``None`` when there is none)."""
+    values = main_box_values(
+        dets, image_size, size_power=size_power, center_power=center_power
+    )
+    if values.size == 0:
+        return None
+    return int(np.argmax(values))  # first maximum: ties go to the higher-scored detection
+
+
+def expand_box(
+    box: Sequence[float] | np.ndarray, margin: float, image_size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """``box`` grown by ``margin`` × its width/height on each side, clipped to the image
+    (the same rule as :func:`service.preprocess.crop_box`)."""
+    if margin < 0:
+        raise ValueError("margin must be >= 0")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"empty box {[x0, y0, x1, y1]}")
+    w, h = image_size
+    mw, mh = (x1 - x0) * margin, (y1 - y0) * margin
+    out = (max(0.0, x0 - mw), max(0.0, y0 - mh), min(float(w), x1 + mw), min(float(h), y1 + mh))
+    if out[2] <= out[0] or out[3] <= out[1]:
+        raise ValueError(f"box {[x0, y0, x1, y1]} lies outside the {w}x{h} image")
+    return out

@@ -1,0 +1,140 @@
+"""Building a run's parts from its :class:`TrainConfig`: data splits, title vocabulary and
+word2vec vectors, the model, its preprocessing, and the datasets.
+
+Kept apart from the loop (``training.train``) so tests and benchmarks can build the same
+pieces without training.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.artifact import LabelMap
+from service.catalog import CatalogItem
+from service.preprocess import PreprocessConfig
+from training.data import (
+    ImageSource,
+    SkuDataset,
+    TrainTransform,
+    build_label_map,
+    item_text,
+    known_items,
+    load_items,
+    split_heldout,
+)
+from training.distributed import DistInfo, broadcast_object
+from training.models import SICoTConfig, SICoTModel, Vocab, tokenize, train_word2vec
+from training.settings import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Splits:
+    train: list[CatalogItem]
+    heldout: list[CatalogItem]
+    queries: list[CatalogItem]
+    labels: LabelMap
+
+
+@dataclass
+class TextData:
+    vocab: Vocab
+    ids: torch.Tensor
+    mask: torch.Tensor
+    vectors: np.ndarray | None
+
+
+def prepare_splits(cfg: TrainConfig) -> Splits:
+    """Training manifest → (train, held-out) + label map; query manifest filtered to known SKUs."""
+    items = load_items(cfg.train_manifest)
+    train, heldout = split_heldout(items, cfg.heldout_per_class, cfg.heldout_min_images, cfg.seed)
+    labels = build_label_map(items, train)
+    queries = known_items(load_items(cfg.query_manifest), labels) if cfg.query_manifest else []
+    log.info("%d classes, %d categories: %d train, %d held-out, %d query images",
+             labels.num_classes, len(labels.categories), len(train), len(heldout), len(queries))
+    return Splits(train, heldout, queries, labels)
+
+
+def prepare_text(cfg: TrainConfig, train: list[CatalogItem], info: DistInfo,
+                 saved_vocab: dict[str, Any] | None = None) -> TextData | None:
+    """Vocabulary (+ word2vec vectors) from the training titles; None for the baseline.
+
+    Rank 0 builds them and broadcasts, so every rank holds the same vocabulary.  A resumed run
+    passes ``saved_vocab`` and skips word2vec (the vectors are in the checkpoint's weights)."""
+    if cfg.text_encoder is None:
+        return None
+    tokens = [tokenize(item_text(it, cfg.title_with_tags)) for it in train]
+    vectors: np.ndarray | None = None
+    if saved_vocab is not None:
+        vocab = Vocab.from_dict(saved_vocab)
+    else:
+        payload = None
+        if info.is_main:
+            vocab = Vocab.build(tokens, min_count=cfg.vocab_min_count, max_df=cfg.vocab_max_df,
+                                max_size=cfg.vocab_max_size)
+            if cfg.word2vec_epochs > 0 and len(vocab) > 2:
+                vectors = train_word2vec(tokens, vocab, dim=cfg.word_dim,
+                                         epochs=cfg.word2vec_epochs, seed=cfg.seed, workers=1)
+            payload = (vocab.to_dict(), vectors)
+        vocab_dict, vectors = broadcast_object(payload, info)
+        vocab = Vocab.from_dict(vocab_dict)
+    ids, mask = vocab.encode(tokens, cfg.max_title_len)
+    empty = int((~mask.any(1)).sum())
+    log.info("vocabulary %d words; %d of %d titles have no known word", len(vocab), empty, len(tokens))
+    return TextData(vocab, ids, mask, vectors)
+
+
+def model_config(cfg: TrainConfig, labels: LabelMap, text: TextData | None) -> SICoTConfig:
+    return SICoTConfig(
+        backbone=cfg.backbone, pretrained=cfg.pretrained,
+        weights_path=str(cfg.weights_path) if cfg.weights_path else None,
+        freeze_blocks=cfg.freeze_blocks, embed_dim=cfg.embed_dim,
+        num_classes=labels.num_classes, num_categories=len(labels.categories),
+        text_encoder=cfg.text_encoder, vocab_size=len(text.vocab) if text else 2,
+        word_dim=cfg.word_dim, dropout=cfg.dropout, seed=cfg.seed,
+    )
+
+
+def build_model(cfg: TrainConfig, labels: LabelMap, text: TextData | None) -> SICoTModel:
+    return SICoTModel(model_config(cfg, labels, text),
+                      word_vectors=text.vectors if text is not None else None)
+
+
+def preprocess_config(cfg: TrainConfig, model: SICoTModel) -> PreprocessConfig:
+    """The backbone's own preprocessing with the config's input size / resize mode."""
+    base: PreprocessConfig = model.default_preprocess
+    updates: dict[str, Any] = {}
+    if cfg.input_size is not None:
+        updates["input_size"] = cfg.input_size
+    if cfg.resize is not None:
+        updates["resize"] = cfg.resize
+    return PreprocessConfig(**{**base.model_dump(), **updates})
+
+
+def train_dataset(cfg: TrainConfig, splits: Splits, source: ImageSource, pcfg: PreprocessConfig,
+                  text: TextData | None) -> SkuDataset:
+    transform = TrainTransform(pcfg, scale=(cfg.crop_scale_min, 1.0), hflip_p=cfg.hflip_p)
+    return SkuDataset(
+        splits.train, splits.labels, source, pcfg, train_transform=transform,
+        crop_to_box=True, crop_margin=cfg.crop_margin, seed=cfg.seed,
+        ids=text.ids if text else None, mask=text.mask if text else None,
+    )
+
+
+def eval_datasets(cfg: TrainConfig, splits: Splits, source: ImageSource,
+                  pcfg: PreprocessConfig) -> dict[str, SkuDataset]:
+    """``heldout`` (training distribution) and ``queries`` (cropped to the true box)."""
+    out: dict[str, SkuDataset] = {}
+    if splits.heldout:
+        out["heldout"] = SkuDataset(splits.heldout, splits.labels, source, pcfg,
+                                    crop_to_box=True, crop_margin=cfg.crop_margin)
+    if splits.queries:
+        out["queries"] = SkuDataset(splits.queries, splits.labels, source, pcfg,
+                                    crop_to_box=cfg.query_crop, crop_margin=cfg.crop_margin)
+    return out
