@@ -21,6 +21,8 @@ Public API::
     input_to_image_boxes(boxes, image_size, preprocess)   letterbox/squash/crop → image pixels
     image_to_input_boxes(boxes, image_size, preprocess)   the inverse (training targets)
     nms(boxes, scores, iou_threshold) -> kept indices;  box_iou(a, b) -> (A, B) IoU matrix
+    localize_image(artifact, img, cfg=None) -> Detections   preprocess + ONNX run + postprocess
+    main_box(artifact, img, cfg=None) -> box or None        the main box, margin applied
 
 Boxes are ``(x0, y0, x1, y1)`` float pixels, x1/y1 exclusive (the catalog convention).
 
@@ -36,12 +38,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.preprocess import PreprocessConfig
+from service.preprocess import PreprocessConfig, preprocess
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from service.artifact import Artifact
 
 HEATMAP_OUTPUT = "heatmap"
 LTRB_OUTPUT = "ltrb"
@@ -288,3 +295,32 @@ def expand_box(
     if out[2] <= out[0] or out[3] <= out[1]:
         raise ValueError(f"box {[x0, y0, x1, y1]} lies outside the {w}x{h} image")
     return out
+
+
+def localize_image(
+    artifact: Artifact, img: Image.Image, cfg: LocalizerConfig | None = None
+) -> Detections:
+    """Run a localizer artifact on one RGB image → detections in its pixels."""
+    if artifact.config.kind != "localizer":
+        raise ValueError(f"artifact {artifact.config.name} is a {artifact.config.kind!r} model")
+    model_cfg = artifact.config.model
+    cfg = cfg or LocalizerConfig.from_model_cfg(model_cfg)
+    batch = preprocess(img, artifact.preprocess)[None]
+    outputs = artifact.model.run(batch)
+    return postprocess(
+        outputs, image_size=img.size, preprocess=artifact.preprocess,
+        model_cfg={**model_cfg, "postprocess": cfg.model_dump()},
+    )
+
+
+def main_box(
+    artifact: Artifact, img: Image.Image, cfg: LocalizerConfig | None = None
+) -> tuple[float, float, float, float] | None:
+    """The main product's box grown by ``cfg.margin`` (``None``: no product found, use the
+    whole photo)."""
+    cfg = cfg or LocalizerConfig.from_model_cfg(artifact.config.model)
+    dets = localize_image(artifact, img, cfg)
+    i = select_main_box(dets, img.size, size_power=cfg.size_power, center_power=cfg.center_power)
+    if i is None:
+        return None
+    return expand_box(dets.boxes[i], cfg.margin, img.size)

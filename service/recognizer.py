@@ -75,7 +75,8 @@ class OnlineConfig:
     margin: float = 0.1
     search_k: int = 30
     fusion_weight: float = 0.5  # share of the search vote in the category fusion
-    vote_temperature: float = 0.1
+    vote_temperature: float = 0.1  # category vote: softmax temperature over cosine sims
+    index_temperature: float = 0.03  # SKU index check: sharp, a near-duplicate should decide
     category_top_n: int | None = 3
     category_cum_prob: float | None = 0.95
     index_weight: float = 0.5  # share of the neighbours in the final SKU score
@@ -228,7 +229,7 @@ class Recognizer:
             idx, probs = idx[:0], probs[:0]
         merged = merge_with_neighbours(
             [self.sku_ids[i] for i in idx], probs, list(n_skus), sims,
-            k=opts.top_k + 5, weight=cfg.index_weight, temperature=cfg.vote_temperature,
+            k=opts.top_k + 5, weight=cfg.index_weight, temperature=cfg.index_temperature,
             known_sku_ids=self.known_skus,
         )
         clock.lap("fuse")

@@ -2,9 +2,10 @@
 
 Loads a training checkpoint (``checkpoint.pt`` written by the training loop, or an artifact
 folder holding one) with keys ``model_config`` (a :class:`SICoTConfig` dict), ``model_state``
-(the model's state dict) and ``vocab`` (:meth:`Vocab.to_dict`), optionally ``max_len``, and
-prints each ``--title``'s words from most to least attended. Unknown words are marked
-``<unk>``; words beyond ``max_len`` are cut as in training.
+(the model's state dict) and ``vocab`` (:meth:`Vocab.to_dict`), and the title length from
+``max_len`` or ``train_config["max_title_len"]`` (else 32); it prints each ``--title``'s
+words from most to least attended. Unknown words are marked ``<unk>``; words beyond the title
+length are cut as in training.
 
     sku-attention runs/sicot/checkpoint.pt --title "grinning face with big eyes" --title ...
 """
@@ -40,7 +41,7 @@ def load_for_inspection(path: str | os.PathLike[str]) -> Inspectable:
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors + plain data only
     missing = [k for k in ("model_config", "model_state", "vocab") if k not in ckpt]
     if missing:
         raise ValueError(f"{path} is not a SICoT training checkpoint: it lacks {missing}")
@@ -51,8 +52,8 @@ def load_for_inspection(path: str | os.PathLike[str]) -> Inspectable:
     model = SICoTModel(cfg)
     model.load_state_dict(ckpt["model_state"], strict=True)
     model.eval()
-    return Inspectable(model, Vocab.from_dict(ckpt["vocab"]),
-                       int(ckpt.get("max_len", DEFAULT_MAX_LEN)))
+    max_len = ckpt.get("max_len") or (ckpt.get("train_config") or {}).get("max_title_len")
+    return Inspectable(model, Vocab.from_dict(ckpt["vocab"]), int(max_len or DEFAULT_MAX_LEN))
 
 
 @torch.no_grad()
@@ -65,6 +66,7 @@ def rank_words(item: Inspectable, titles: list[str]) -> list[list[tuple[str, flo
     tokens = [item.vocab.tokenize(t)[: item.max_len] for t in titles]
     ids, mask = item.vocab.encode(tokens, item.max_len)
     _, attn = item.model.encode_text(ids, mask)
+    assert attn is not None  # has_attention was checked above
     ranked = []
     for toks, row_ids, row in zip(tokens, ids, attn, strict=True):
         words = [

@@ -95,6 +95,8 @@ class BatchAugment(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float], *, strength: float = 1.0,
                  style: float = 0.5, erasing_p: float = 0.25) -> None:
         super().__init__()
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         if min(strength, style, erasing_p) < 0:
             raise ValueError("augmentation strengths must be >= 0")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))

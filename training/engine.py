@@ -132,7 +132,7 @@ def train_one_epoch(
             res.sums[k] = res.sums.get(k, 0.0) + v
         if not math.isfinite(res.sums["loss"]):
             raise FloatingPointError(f"loss is {res.sums['loss']} at step {first_step + i + 1}")
-        bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{scheduler.get_last_lr()[0]:.4g}")
+        bar.set_postfix(loss=f"{logged['loss']:.3f}", lr=f"{scheduler.get_last_lr()[0]:.4g}")
         if on_step is not None and on_step(first_step + i + 1):
             res.stopped = True
             break

@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 DEFAULT_TAUS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+Counts = Sequence[int] | np.ndarray  # training images per class
 log = logging.getLogger(__name__)
 
 
@@ -55,7 +56,7 @@ def _pct(x: np.ndarray) -> float:
     return float(100.0 * x.mean()) if x.size else float("nan")
 
 
-def class_groups(train_counts: Sequence[int], head_threshold: int = 20,
+def class_groups(train_counts: Counts, head_threshold: int = 20,
                  many_threshold: int = 100) -> dict[str, np.ndarray]:
     """Boolean masks over classes for head/tail and many/medium/few."""
     c = np.asarray(train_counts)
@@ -77,7 +78,7 @@ def per_class_accuracy(hits: np.ndarray, labels: np.ndarray, num_classes: int) -
 
 
 def accuracy_summary(
-    logits: np.ndarray, labels: np.ndarray, train_counts: Sequence[int], *,
+    logits: np.ndarray, labels: np.ndarray, train_counts: Counts, *,
     ks: Sequence[int] = (1, 3), head_threshold: int = 20, many_threshold: int = 100,
 ) -> dict[str, Any]:
     """Overall, per-group and class-mean accuracies (percent) of one set of logits."""
@@ -100,20 +101,20 @@ def accuracy_summary(
     return out
 
 
-def log_prior(train_counts: Sequence[int]) -> np.ndarray:
+def log_prior(train_counts: Counts) -> np.ndarray:
     """log of the training class frequencies (a class with no image counts as one)."""
     c = np.maximum(np.asarray(train_counts, dtype=np.float64), 1.0)
     return np.log(c / c.sum())
 
 
-def adjust_logits(logits: np.ndarray, train_counts: Sequence[int], tau: float) -> np.ndarray:
+def adjust_logits(logits: np.ndarray, train_counts: Counts, tau: float) -> np.ndarray:
     """Post-hoc logit adjustment: ``logits - tau * log prior`` (favours rare classes)."""
     if tau == 0:
         return logits
     return logits - tau * log_prior(train_counts)[None, :].astype(logits.dtype)
 
 
-def tau_sweep(logits: np.ndarray, labels: np.ndarray, train_counts: Sequence[int],
+def tau_sweep(logits: np.ndarray, labels: np.ndarray, train_counts: Counts,
               taus: Sequence[float] = DEFAULT_TAUS, **kw: Any) -> list[dict[str, Any]]:
     return [{"tau": float(t), **accuracy_summary(adjust_logits(logits, train_counts, t), labels,
                                                  train_counts, **kw)} for t in taus]
@@ -125,12 +126,12 @@ def category_accuracy(category_logits: np.ndarray, category_labels: np.ndarray) 
 
 
 def evaluate_outputs(
-    sku_logits: np.ndarray, labels: np.ndarray, train_counts: Sequence[int], *,
+    sku_logits: np.ndarray, labels: np.ndarray, train_counts: Counts, *,
     category_logits: np.ndarray | None = None, sku_category: Sequence[int] | None = None,
     taus: Sequence[float] = DEFAULT_TAUS, head_threshold: int = 20, many_threshold: int = 100,
 ) -> dict[str, Any]:
     """Everything for one evaluation split: the summary, category accuracies, τ sweep."""
-    kw = {"head_threshold": head_threshold, "many_threshold": many_threshold}
+    kw: dict[str, Any] = {"head_threshold": head_threshold, "many_threshold": many_threshold}
     out = accuracy_summary(sku_logits, labels, train_counts, **kw)
     if sku_category is not None:
         cat_of = np.asarray(sku_category)
@@ -143,14 +144,28 @@ def evaluate_outputs(
     return out
 
 
+def json_safe(obj: Any) -> Any:
+    """NaN / inf → None (strict JSON: jq and browsers reject NaN), recursively."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def format_summary(name: str, res: dict[str, Any]) -> str:
     """One line: ``name: top-1 (top-3) overall, head, tail, class-mean``."""
+    def f(x: float | None) -> str:
+        return "–" if x is None or not np.isfinite(x) else f"{x:.2f}"
+
     g = res["groups"]
-    line = (f"{name}: n={res['n']} top1 {res['top1']:.2f} ({res.get('top3', float('nan')):.2f}) "
-            f"| head {g['head']['top1']:.2f} | tail {g['tail']['top1']:.2f} "
-            f"| class-mean {res['class_mean_top1']:.2f}")
+    line = (f"{name}: n={res['n']} top1 {f(res['top1'])} ({f(res.get('top3'))}) "
+            f"| head {f(g['head']['top1'])} | tail {f(g['tail']['top1'])} "
+            f"| class-mean {f(res['class_mean_top1'])}")
     if "category_top1" in res:
-        line += f" | category {res['category_top1']:.2f}"
+        line += f" | category {f(res['category_top1'])}"
     return line
 
 
@@ -227,9 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "skipped": skipped})
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2))
+        args.out.write_text(json.dumps(json_safe(res), indent=2))
     if args.save_outputs:
-        np.savez_compressed(args.save_outputs, labels=labels, **outs)
+        np.savez_compressed(args.save_outputs, labels=labels, **outs)  # type: ignore[arg-type]
     sys.stdout.write(format_summary(artifact.config.name, res) + f" | skipped {skipped}\n")
     return 0
 

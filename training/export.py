@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from service.artifact import (
     ArtifactConfig,
@@ -32,6 +31,7 @@ from service.artifact import (
     write_artifact_config,
 )
 from service.preprocess import PreprocessConfig
+from training.models.sicot import SICoTModel
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,8 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _check_labels(model: nn.Module, labels: LabelMap) -> None:
-    cfg = getattr(model, "cfg", None)
-    if cfg is None:
-        return
+def _check_labels(model: SICoTModel, labels: LabelMap) -> None:
+    cfg = model.cfg
     if labels.num_classes != cfg.num_classes:
         raise ValueError(f"labels hold {labels.num_classes} classes, model {cfg.num_classes}")
     if len(labels.categories) != cfg.num_categories:
@@ -65,7 +63,7 @@ def _check_labels(model: nn.Module, labels: LabelMap) -> None:
         )
 
 
-def export_onnx(model: nn.Module, path: Path, input_size: int, opset: int = 17) -> None:
+def export_onnx(model: SICoTModel, path: Path, input_size: int, opset: int = 17) -> None:
     """Trace ``model.export_module()`` (eval mode) into ``path``."""
     module = model.export_module().eval()
     dummy = torch.randn(2, 3, input_size, input_size)  # batch 2: nothing specialises on 1
@@ -85,7 +83,7 @@ def export_onnx(model: nn.Module, path: Path, input_size: int, opset: int = 17) 
 
 
 def verify_onnx(
-    artifact_dir: str | os.PathLike[str], model: nn.Module, batch: np.ndarray | torch.Tensor
+    artifact_dir: str | os.PathLike[str], model: SICoTModel, batch: np.ndarray | torch.Tensor
 ) -> float:
     """Max |ONNX Runtime − torch| over the three outputs for ``batch`` (N,3,S,S)."""
     x = torch.as_tensor(np.asarray(batch, dtype=np.float32))
@@ -98,7 +96,7 @@ def verify_onnx(
 
 
 def export_artifact(
-    model: nn.Module,
+    model: SICoTModel,
     *,
     out_dir: str | os.PathLike[str],
     name: str,
@@ -113,7 +111,6 @@ def export_artifact(
 ) -> Path:
     """Write the artifact folder ``out_dir/name`` and return its path.
 
-    ``model`` is a :class:`~training.models.SICoTModel` (anything with ``export_module()``).
     The ONNX output is compared with torch before publishing; a difference above
     ``verify_tol`` raises. An existing ``out_dir/name`` raises unless ``overwrite``."""
     if not name or "/" in name or name.startswith("."):

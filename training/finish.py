@@ -16,7 +16,7 @@ from training import checkpoint, report
 from training.builders import Splits
 from training.data import SkuDataset, eval_loader
 from training.engine import predict
-from training.evaluate import evaluate_outputs, format_summary
+from training.evaluate import evaluate_outputs, format_summary, json_safe
 from training.export import export_artifact, verify_onnx
 from training.models import SICoTModel
 from training.settings import TrainConfig
@@ -33,8 +33,8 @@ def evaluate_splits(cfg: TrainConfig, model: SICoTModel, splits: Splits,
     for name, ds in evals.items():
         outs = predict(model, eval_loader(ds, cfg.eval_batch_size, cfg.workers), device,
                        cfg.channels_last, desc=name)
-        np.savez_compressed(cfg.output_dir / "eval" / f"{name}.npz",
-                            train_counts=np.asarray(lm.train_counts), **outs)
+        arrays = {**outs, "train_counts": np.asarray(lm.train_counts)}
+        np.savez_compressed(cfg.output_dir / "eval" / f"{name}.npz", **arrays)  # type: ignore[arg-type]
         results[name] = evaluate_outputs(
             outs["sku_logits"], outs["labels"], lm.train_counts,
             category_logits=outs["category_logits"], sku_category=lm.sku_category,
@@ -77,7 +77,8 @@ def finish_run(cfg: TrainConfig, model: SICoTModel, payload: dict[str, Any], spl
         model.cpu()
         artifact = export_artifact(
             model, out_dir=out / "artifact", name=cfg.name, labels=splits.labels,
-            preprocess=pcfg, model_config=payload["model_config"], evaluation=compact(results),
+            preprocess=pcfg, model_config=payload["model_config"],
+            evaluation=json_safe(compact(results)),
             checkpoint=payload, overwrite=True)
         onnx_diff = verify_onnx(artifact, model, _probe_batch(evals, pcfg.input_size))
         model.to(device)
@@ -96,7 +97,7 @@ def finish_run(cfg: TrainConfig, model: SICoTModel, payload: dict[str, Any], spl
         "evaluation": results,
         "artifact": str(artifact) if artifact else None, "onnx_max_abs_diff": onnx_diff,
     }
-    (out / "report.json").write_text(json.dumps(rep, indent=2))
+    (out / "report.json").write_text(json.dumps(json_safe(rep), indent=2))
     report.write_run_report(out)
     lines = [f"sku-train {cfg.name}: {splits.labels.num_classes} classes, {len(splits.train)} "
              f"train images, {payload['step']} steps in {train_seconds:.0f} s"]

@@ -79,13 +79,14 @@ def sicot_loss(
 
     ``out`` is :meth:`SICoTModel.forward`'s dict. ``y_cat`` entries of -1 (unknown category)
     are ignored; ``y_cat=None`` or ``cat_weight=0`` drops the category term."""
-    kw = {"log_prior": log_prior, "tau": tau, "label_smoothing": label_smoothing}
-    visual = logit_adjusted_ce(out["sku_logits"], y, **kw)
+    visual = logit_adjusted_ce(out["sku_logits"], y, log_prior, tau,
+                               label_smoothing=label_smoothing)
     total = visual
     parts = {"visual": float(visual.detach())}
     mixed_logits = out.get("mixed_logits")
     if mixed_logits is not None and lam != 0.0:
-        per = logit_adjusted_ce(mixed_logits, y, reduction="none", **kw)
+        per = logit_adjusted_ce(mixed_logits, y, log_prior, tau,
+                                label_smoothing=label_smoothing, reduction="none")
         has_text = out.get("has_text")
         if has_text is not None:
             w = has_text.to(per.dtype)

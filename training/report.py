@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluate import adjust_logits, per_class_accuracy, topk_hits
+from training.evaluate import per_class_accuracy, topk_hits
 
 GROUPS = ("head", "tail", "many", "medium", "few")
 
@@ -61,12 +61,20 @@ def _f(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
 
 
+def _g(x: float | None) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
+
+
 def _pair(r: dict[str, Any]) -> str:
     return f"{_f(r.get('top1'))} ({_f(r.get('top3'))})"
 
 
+def _sub(b: float | None, a: float | None) -> float | None:
+    return None if a is None or b is None else b - a
+
+
 def _gain(a: dict[str, Any], b: dict[str, Any]) -> str:
-    return f"{_f(b['top1'] - a['top1'])} ({_f(b['top3'] - a['top3'])})"
+    return f"{_f(_sub(b['top1'], a['top1']))} ({_f(_sub(b['top3'], a['top3']))})"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -97,10 +105,9 @@ def comparison_tables(base: Run, main: Run, split: str) -> str:
            _table(["", "Baseline", main.encoder, "Gain"],
                   [["overall", _pair(a), _pair(b), _gain(a, b)],
                    ["class-mean top-1", _f(a["class_mean_top1"]), _f(b["class_mean_top1"]),
-                    _f(b["class_mean_top1"] - a["class_mean_top1"])],
+                    _f(_sub(b["class_mean_top1"], a["class_mean_top1"]))],
                    ["category top-1", _f(a.get("category_top1")), _f(b.get("category_top1")),
-                    "–" if a.get("category_top1") is None else
-                    _f(b.get("category_top1", 0) - a.get("category_top1", 0))]]),
+                    _f(_sub(b.get("category_top1"), a.get("category_top1")))]]),
            "\nBy number of training images of the true class:\n"]
     rows = []
     for g in GROUPS:
@@ -139,9 +146,9 @@ def ablation_table(base: Run, runs: Sequence[Run], split: str) -> str:
     for run in runs:
         r = run.result(split)
         if r is not None:
-            rows.append([run.encoder, _f(r["top1"]), _f(r["top1"] - a["top1"]),
+            rows.append([run.encoder, _f(r["top1"]), _f(_sub(r["top1"], a["top1"])),
                          _f(r["groups"]["tail"]["top1"]),
-                         _f(r["groups"]["tail"]["top1"] - a["groups"]["tail"]["top1"])])
+                         _f(_sub(r["groups"]["tail"]["top1"], a["groups"]["tail"]["top1"]))])
     return _table(["Method", "Top-1", "Gain", "Tail top-1", "Tail gain"], rows) + "\n"
 
 
@@ -210,7 +217,7 @@ def run_markdown(run: Run) -> str:
         keys = [k for k in ("epoch", "loss", "visual", "mixed", "lr", "images_per_s",
                             "heldout_top1") if k in hist[-1]]
         parts.append("## Training\n")
-        parts.append(_table(keys, [[f"{h.get(k, float('nan')):.4g}" for k in keys] for h in hist]))
+        parts.append(_table(keys, [[_g(h.get(k)) for k in keys] for h in hist]))
     return "\n".join(parts) + "\n"
 
 

@@ -48,8 +48,8 @@ class TrainConfig(BaseSettings):
     crop_margin: float = Field(0.1, ge=0, le=1, description="box margin, fraction of its size")
     title_with_tags: bool = Field(False, description="append the tags to the title text")
     max_title_len: int = Field(24, ge=1, le=512, description="words kept per title")
-    cache: Literal["none", "bytes"] = Field(
-        "bytes", description="bytes: read every image file once into memory (decode per use)"
+    cache: Literal["none", "bytes", "decoded"] = Field(
+        "bytes", description="keep image files (bytes) or their pixels (decoded) in memory"
     )
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
 

@@ -9,8 +9,8 @@ One command does the whole run::
 
 Outputs in ``output_dir``: ``config.json`` (resolved config), ``train.log``, ``log.jsonl`` (one
 line per epoch), ``checkpoint.pt`` (latest) and ``best.pt`` (best held-out top-1),
-``eval/<split>.npz`` (logits and labels), ``report.json`` / ``report.md`` / ``per_class.png``
-and the serving artifact ``artifact/<run name>/``.
+``eval/<split>.npz`` (logits and labels), ``report.json``, ``report.md``,
+``per_class_<split>.png`` and the serving artifact ``artifact/<run name>/``.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from typing import Any
 
 import torch
 
+from service.settings import SettingsError
 from training import builders, checkpoint, finish
 from training.augment import BatchAugment
 from training.data import ImageSource, eval_loader, steps_per_epoch, train_loader, train_sampler
 from training.distributed import DistInfo, barrier, cleanup, init_distributed, unwrap, wrap_model
 from training.engine import build_optimizer, build_scheduler, predict, train_one_epoch
-from training.evaluate import accuracy_summary
+from training.evaluate import accuracy_summary, json_safe
 from training.losses import log_prior_from_counts
 from training.settings import (
     TrainConfig,
@@ -83,7 +84,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any
     else:
         path = Path(args.resume)
     ckpt = checkpoint.load_checkpoint(path)
-    return build_config(ckpt["train_config"], file_layer, cli), ckpt
+    # a pre-emption limit belongs to the interrupted invocation, not to the run
+    saved = {k: v for k, v in ckpt["train_config"].items() if k != "stop_after_steps"}
+    return build_config(saved, file_layer, cli), ckpt
 
 
 def setup_process(cfg: TrainConfig, info: DistInfo, level: str) -> torch.device:
@@ -95,6 +98,7 @@ def setup_process(cfg: TrainConfig, info: DistInfo, level: str) -> torch.device:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
         (cfg.output_dir / "config.json").write_text(json.dumps(cfg.to_json_dict(), indent=2))
+    logging.getLogger("gensim").setLevel(logging.WARNING)  # per-epoch chatter
     threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // info.world_size)
     torch.set_num_threads(threads)
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
@@ -178,10 +182,10 @@ def run(cfg: TrainConfig, info: DistInfo, ckpt: dict[str, Any] | None, device: t
             log.info("epoch %s", json.dumps(record))
             if info.is_main:
                 with (out / "log.jsonl").open("a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                    fh.write(json.dumps(json_safe(record)) + "\n")
             save()
             if info.is_main and record.get("heldout_top1", -math.inf) > state.best:
-                state.best = record["heldout_top1"]
+                state.best = float(record["heldout_top1"])
                 checkpoint.copy_checkpoint(out / checkpoint.CHECKPOINT_FILE, out / checkpoint.BEST_FILE)
         elif res.stopped:
             save()
@@ -210,7 +214,11 @@ def heldout_metrics(model: Any, ds: Any, cfg: TrainConfig, splits: builders.Spli
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg, ckpt = resolve_config(args)
+    try:
+        cfg, ckpt = resolve_config(args)
+    except (SettingsError, FileNotFoundError) as exc:
+        sys.stderr.write(f"sku-train: {exc}\n")
+        return 2
     if args.print_config:
         sys.stdout.write(json.dumps(cfg.to_json_dict(), indent=2) + "\n")
         return 0

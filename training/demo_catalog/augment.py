@@ -14,7 +14,9 @@ from PIL import Image, ImageFilter
 Box = tuple[int, int, int, int]
 
 
-def _perspective_coeffs(src: list[tuple[float, float]], dst: list[tuple[float, float]]) -> list[float]:
+def _perspective_coeffs(
+    src: list[tuple[float, float]], dst: list[tuple[float, float]]
+) -> list[float]:
     """PIL's PERSPECTIVE coefficients mapping output points ``dst`` to input points ``src``."""
     a, b = [], []
     for (x, y), (u, v) in zip(dst, src, strict=True):
@@ -46,8 +48,12 @@ def warp(obj: Image.Image, side: float, angle: float, persp: np.ndarray) -> Imag
     y0 = math.floor(min(q[1] for q in dst))
     dst = [(x - x0, y - y0) for x, y in dst]
     out = (max(1, math.ceil(max(q[0] for q in dst))), max(1, math.ceil(max(q[1] for q in dst))))
-    p = p.transform(out, Image.Transform.PERSPECTIVE, _perspective_coeffs(src, dst),
-                    resample=Image.Resampling.BICUBIC)
+    p = p.transform(
+        out,
+        Image.Transform.PERSPECTIVE,
+        _perspective_coeffs(src, dst),
+        resample=Image.Resampling.BICUBIC,
+    )
     return p.convert("RGBA")
 
 
@@ -75,7 +81,9 @@ def paste_shadow(
     blur = max(0.8, offset * 0.8)
     pad = int(2 * blur) + 1
     a = np.pad(np.asarray(obj.getchannel("A"), np.float32) * strength, pad)
-    sh = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L").filter(ImageFilter.GaussianBlur(blur))
+    sh = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L").filter(
+        ImageFilter.GaussianBlur(blur)
+    )
     out = Image.new("RGBA", sh.size, (0, 0, 0, 0))
     out.putalpha(sh)
     paste(canvas, out, round(x - pad + offset), round(y - pad + offset))
@@ -93,7 +101,9 @@ def jitter_colors(arr: np.ndarray, rng: np.random.Generator, strength: float = 1
     return np.clip(a * gain * cast, 0, 255)
 
 
-def gradient(rng: np.random.Generator, h: int, w: int, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
+def gradient(
+    rng: np.random.Generator, h: int, w: int, c1: np.ndarray, c2: np.ndarray
+) -> np.ndarray:
     th = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     t = xx / max(w - 1, 1) * np.cos(th) + yy / max(h - 1, 1) * np.sin(th)
@@ -121,7 +131,11 @@ def light_background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def encode_jpeg(arr: np.ndarray | Image.Image, quality: int) -> bytes:
-    im = arr if isinstance(arr, Image.Image) else Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
+    im = (
+        arr
+        if isinstance(arr, Image.Image)
+        else Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
+    )
     buf = io.BytesIO()
     im.convert("RGB").save(buf, "JPEG", quality=int(quality))
     return buf.getvalue()
@@ -140,8 +154,14 @@ def train_view(pack: Image.Image, size: int, rng: np.random.Generator) -> tuple[
     bg = Image.fromarray(light_background(rng, size).astype(np.uint8), "RGB").convert("RGBA")
     persp = rng.uniform(-1, 1, size=(4, 2)) * rng.uniform(0.0, 0.06)
     obj = warp(pack, size * rng.uniform(0.55, 0.95), float(rng.uniform(-15, 15)), persp)
-    ox = round(rng.uniform(0, size - obj.width) if obj.width <= size else rng.uniform(size - obj.width, 0))
-    oy = round(rng.uniform(0, size - obj.height) if obj.height <= size else rng.uniform(size - obj.height, 0))
+    ox = round(
+        rng.uniform(0, size - obj.width) if obj.width <= size else rng.uniform(size - obj.width, 0)
+    )
+    oy = round(
+        rng.uniform(0, size - obj.height)
+        if obj.height <= size
+        else rng.uniform(size - obj.height, 0)
+    )
     if rng.random() < 0.4:
         paste_shadow(bg, obj, ox, oy, size * 0.025, 0.35)
     paste(bg, obj, ox, oy)

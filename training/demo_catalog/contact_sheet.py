@@ -20,8 +20,10 @@ def _tile(item: CatalogItem, tile: int, with_boxes: bool) -> Image.Image:
     with Image.open(item.image) as im:
         img = im.convert("RGB")
     scale = tile / max(img.size)
-    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                     Image.Resampling.LANCZOS)
+    img = img.resize(
+        (max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+        Image.Resampling.LANCZOS,
+    )
     if with_boxes:
         draw = ImageDraw.Draw(img)
         for b in item.extra.get("distractor_boxes", []):
@@ -59,7 +61,11 @@ def make_contact_sheet(
     sections: list[tuple[str, list[CatalogItem], bool]] = []
     for split, title, boxes in (
         ("catalog", "catalog: one clean packshot per SKU", False),
-        ("train", "train: augmented seller photos (long-tailed; first views = most popular SKU)", False),
+        (
+            "train",
+            "train: augmented seller photos (long-tailed; first views = most popular SKU)",
+            False,
+        ),
         ("queries", "queries: real-shot photos, true box green, distractors orange", True),
     ):
         manifest = out / split / "manifest.jsonl"

@@ -18,7 +18,8 @@ def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def mix(a: RGB, b: RGB, t: float) -> RGB:
-    return tuple(int(round(x + (y - x) * t)) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
+    r, g, b_ = (int(round(x + (y - x) * t)) for x, y in zip(a, b, strict=True))
+    return (r, g, b_)
 
 
 def shade(c: RGB, f: float) -> RGB:
@@ -58,12 +59,19 @@ def fit_text(
     if stroke is not None:
         sw = max(sw, max(1, size // 10))
     draw.text(
-        ((x0 + x1) / 2, (y0 + y1) / 2), text, font=f, fill=fill, anchor="mm",
-        stroke_width=sw, stroke_fill=stroke if stroke is not None else fill,
+        ((x0 + x1) / 2, (y0 + y1) / 2),
+        text,
+        font=f,
+        fill=fill,
+        anchor="mm",
+        stroke_width=sw,
+        stroke_fill=stroke if stroke is not None else fill,
     )
 
 
-def _star(cx: float, cy: float, r: float, n: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
+def _star(
+    cx: float, cy: float, r: float, n: int = 5, inner: float = 0.45
+) -> list[tuple[float, float]]:
     pts = []
     for k in range(2 * n):
         rr = r if k % 2 == 0 else r * inner
@@ -80,8 +88,14 @@ def _ngon(cx: float, cy: float, r: float, n: int, rot: float = 0.0) -> list[tupl
 
 
 def draw_logo(
-    draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float,
-    fill: RGB, ink: RGB, letter: str,
+    draw: ImageDraw.ImageDraw,
+    kind: str,
+    cx: float,
+    cy: float,
+    r: float,
+    fill: RGB,
+    ink: RGB,
+    letter: str,
 ) -> None:
     """The brand mark: a shape with the brand's initial in it."""
     box = (cx - r, cy - r, cx + r, cy + r)
@@ -93,23 +107,40 @@ def draw_logo(
         draw.chord((cx - r, cy - 1.3 * r, cx + 1.6 * r, cy + 1.3 * r), 90, 270, fill=fill)
         draw.chord((cx - 1.6 * r, cy - 1.3 * r, cx + r, cy + 1.3 * r), 270, 90, fill=fill)
     elif kind == "diamond":
-        draw.polygon([(cx, cy - 1.2 * r), (cx + r, cy), (cx, cy + 1.2 * r), (cx - r, cy)], fill=fill)
+        draw.polygon(
+            [(cx, cy - 1.2 * r), (cx + r, cy), (cx, cy + 1.2 * r), (cx - r, cy)], fill=fill
+        )
     elif kind == "hexagon":
         draw.polygon(_ngon(cx, cy, 1.1 * r, 6, math.pi / 6), fill=fill)
     elif kind == "shield":
         draw.polygon(
-            [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + 0.2 * r), (cx, cy + 1.25 * r),
-             (cx - r, cy + 0.2 * r)], fill=fill,
+            [
+                (cx - r, cy - r),
+                (cx + r, cy - r),
+                (cx + r, cy + 0.2 * r),
+                (cx, cy + 1.25 * r),
+                (cx - r, cy + 0.2 * r),
+            ],
+            fill=fill,
         )
     elif kind == "drop":
         draw.ellipse((cx - r, cy - 0.6 * r, cx + r, cy + 1.2 * r), fill=fill)
-        draw.polygon([(cx - 0.86 * r, cy - 0.1 * r), (cx, cy - 1.4 * r), (cx + 0.86 * r, cy - 0.1 * r)], fill=fill)
+        draw.polygon(
+            [(cx - 0.86 * r, cy - 0.1 * r), (cx, cy - 1.4 * r), (cx + 0.86 * r, cy - 0.1 * r)],
+            fill=fill,
+        )
     elif kind == "sun":
         draw.polygon(_star(cx, cy, 1.3 * r, 12, 0.72), fill=fill)
     else:  # square
         draw.rounded_rectangle(box, radius=r / 3, fill=fill)
-    fit_text(draw, letter, (cx - r * 0.8, cy - r * 0.8, cx + r * 0.8, cy + r * 0.8), ink,
-             max_size=r * 1.3, bold=True)
+    fit_text(
+        draw,
+        letter,
+        (cx - r * 0.8, cy - r * 0.8, cx + r * 0.8, cy + r * 0.8),
+        ink,
+        max_size=r * 1.3,
+        bold=True,
+    )
 
 
 def vgradient(h: int, w: int, top: RGB, bottom: RGB) -> np.ndarray:

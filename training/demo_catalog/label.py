@@ -57,10 +57,14 @@ def _variant_swatch(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, c
     draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=shade(c, -0.25))
     draw.ellipse((cx - 0.9 * r, cy - 0.95 * r, cx + 0.85 * r, cy + 0.8 * r), fill=c)
     hr = 0.3 * r
-    draw.ellipse((cx - 0.5 * r - hr, cy - 0.45 * r - hr, cx - 0.5 * r + hr, cy - 0.45 * r + hr),
-                 fill=shade(c, 0.6))
-    draw.polygon([(cx, cy - r), (cx + 0.45 * r, cy - 1.35 * r), (cx + 0.2 * r, cy - 0.9 * r)],
-                 fill=(60, 140, 50))
+    draw.ellipse(
+        (cx - 0.5 * r - hr, cy - 0.45 * r - hr, cx - 0.5 * r + hr, cy - 0.45 * r + hr),
+        fill=shade(c, 0.6),
+    )
+    draw.polygon(
+        [(cx, cy - r), (cx + 0.45 * r, cy - 1.35 * r), (cx + 0.2 * r, cy - 0.9 * r)],
+        fill=(60, 140, 50),
+    )
 
 
 def render_label(
@@ -89,28 +93,65 @@ def render_label(
     else:  # badge: the brand name sits in a white oval
         logo_y, brand_y, prod_y, band_y = 0.12, 0.32, 0.50, 0.70
         bw, bh = 0.46 * cw, 0.1 * h
-        draw.ellipse((mid - bw, brand_y * h - bh, mid + bw, brand_y * h + bh),
-                     fill=(252, 252, 250), outline=look.secondary, width=max(1, int(h / 80)))
+        draw.ellipse(
+            (mid - bw, brand_y * h - bh, mid + bw, brand_y * h + bh),
+            fill=(252, 252, 250),
+            outline=look.secondary,
+            width=max(1, int(h / 80)),
+        )
     brand_ink = (30, 30, 35) if look.layout == "badge" else ink
     if look.layout == "badge" and look.primary != (245, 245, 240):
         brand_ink = look.primary
     # variant band across the whole label (so it wraps round a can)
     bh = 0.16 * h
     draw.rectangle((0, band_y * h - bh / 2, w, band_y * h + bh / 2), fill=vcol)
-    draw.line((0, band_y * h - bh / 2, w, band_y * h - bh / 2), fill=look.secondary,
-              width=max(1, int(h / 60)))
-    fit_text(draw, spec.variant.upper(), (cx0 + 0.06 * cw, band_y * h - bh / 2, cx1 - 0.3 * cw,
-             band_y * h + bh / 2), vink, max_size=0.09 * u, bold=True)
+    draw.line(
+        (0, band_y * h - bh / 2, w, band_y * h - bh / 2),
+        fill=look.secondary,
+        width=max(1, int(h / 60)),
+    )
+    fit_text(
+        draw,
+        spec.variant.upper(),
+        (cx0 + 0.06 * cw, band_y * h - bh / 2, cx1 - 0.3 * cw, band_y * h + bh / 2),
+        vink,
+        max_size=0.09 * u,
+        bold=True,
+    )
     _variant_swatch(draw, cx1 - 0.16 * cw, band_y * h, min(0.1 * h, 0.13 * cw), vcol)
     # logo, brand, product, size
-    draw_logo(draw, look.logo, mid, logo_y * h, min(0.07 * h, 0.14 * cw), look.accent,
-              ink_on(look.accent), brand[0])
-    fit_text(draw, brand, (cx0 + 0.05 * cw, (brand_y - 0.08) * h, cx1 - 0.05 * cw,
-             (brand_y + 0.08) * h), brand_ink, max_size=0.17 * u, bold=True)
-    fit_text(draw, product, (cx0 + 0.08 * cw, (prod_y - 0.045) * h, cx1 - 0.08 * cw,
-             (prod_y + 0.045) * h), ink, max_size=0.075 * u)
-    fit_text(draw, spec.size, (mid - 0.3 * cw, 0.85 * h, mid + 0.3 * cw, 0.95 * h), ink,
-             max_size=0.06 * u)
+    draw_logo(
+        draw,
+        look.logo,
+        mid,
+        logo_y * h,
+        min(0.07 * h, 0.14 * cw),
+        look.accent,
+        ink_on(look.accent),
+        brand[0],
+    )
+    fit_text(
+        draw,
+        brand,
+        (cx0 + 0.05 * cw, (brand_y - 0.1) * h, cx1 - 0.05 * cw, (brand_y + 0.1) * h),
+        brand_ink,
+        max_size=0.2 * u,
+        bold=True,
+    )
+    fit_text(
+        draw,
+        product,
+        (cx0 + 0.08 * cw, (prod_y - 0.045) * h, cx1 - 0.08 * cw, (prod_y + 0.045) * h),
+        ink,
+        max_size=0.075 * u,
+    )
+    fit_text(
+        draw,
+        spec.size,
+        (mid - 0.3 * cw, 0.85 * h, mid + 0.3 * cw, 0.95 * h),
+        ink,
+        max_size=0.06 * u,
+    )
     return np.asarray(img, np.float32)
 
 
@@ -120,11 +161,17 @@ def render_side(spec: SkuSpec, w: int, h: int) -> np.ndarray:
     arr = _background(spec, h, w)
     img = Image.new("RGB", (h, w), look.primary)  # drawn sideways, then rotated
     draw = ImageDraw.Draw(img)
-    fit_text(draw, look.name, (0.08 * h, 0.1 * w, 0.92 * h, 0.9 * w), ink_on(look.primary),
-             max_size=0.7 * w, bold=True)
+    fit_text(
+        draw,
+        look.name,
+        (0.08 * h, 0.1 * w, 0.92 * h, 0.9 * w),
+        ink_on(look.primary),
+        max_size=0.7 * w,
+        bold=True,
+    )
     text = np.asarray(img.rotate(90, expand=True), np.float32)
     band = int(0.16 * h)
     y = int(0.66 * h)
-    arr[max(0, y - band // 2): y + band // 2] = np.asarray(spec.variant_color, np.float32)
+    arr[max(0, y - band // 2) : y + band // 2] = np.asarray(spec.variant_color, np.float32)
     mask = (np.abs(text - np.asarray(look.primary, np.float32)).sum(-1) > 30)[..., None]
     return np.where(mask, text, arr)

@@ -1,14 +1,13 @@
 """The clean packshot of a SKU: its pack drawn with shading, as a tight RGBA image.
 
 Round packs go through :mod:`.revolve`, boxes and cartons through :mod:`.boxes`.  Drawing is
-done at twice the size and scaled down (anti-aliased edges and text).  :func:`packshot` caches
-per process, so one SKU is drawn once and reused for its catalog, train and query images.
+done at twice the size and scaled down (anti-aliased edges and text).  The generator draws each
+SKU once and reuses the image for its catalog, train and query photos.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -42,10 +41,10 @@ def _bottle(spec: SkuSpec, style: str) -> RoundPack:
     if style == "drink":
         liquid = Mat(mix(spec.variant_color, (255, 255, 255), 0.35), "glass", 0.7)
         p.add(0.07, 0.075, 0.075, cap).add(0.085, 0.09, 0.09, cap)
-        p.add(0.15, 0.07, 0.07, liquid).add(0.32, 0.07, 0.19, liquid, "ease")
-        p.add(0.4, 0.19, 0.19, liquid).add(0.8, 0.19, 0.19, label)
-        p.add(0.97, 0.19, 0.19, liquid).add(1.0, 0.19, 0.15, liquid, "heel")
-        return RoundPack(p, 0.12, (0.4, 0.8), top=(cap.color, "plain"))
+        p.add(0.14, 0.07, 0.07, liquid).add(0.3, 0.07, 0.205, liquid, "ease")
+        p.add(0.36, 0.205, 0.205, liquid).add(0.86, 0.205, 0.205, label)
+        p.add(0.97, 0.205, 0.205, liquid).add(1.0, 0.205, 0.16, liquid, "heel")
+        return RoundPack(p, 0.12, (0.36, 0.86), top=(cap.color, "plain"))
     if style == "flip":
         p.add(0.1, 0.11, 0.12, cap, "dome").add(0.13, 0.12, 0.12, cap)
         p.add(0.2, 0.13, 0.2, body, "ease").add(0.97, 0.2, 0.21, label)
@@ -89,8 +88,12 @@ def _can(spec: SkuSpec, style: str) -> RoundPack:
     p.add(1 - rim * 1.6, r, r, label).add(1 - rim, 0.97 * r, 0.97 * r, metal)
     p.add(1.0, r, r, metal)
     top_kind = "lid" if style == "food" else "can"
-    return RoundPack(p, 0.2 if style == "food" else 0.35, (rim * 1.6, 1 - rim * 1.6),
-                     top=((200, 200, 205), top_kind))
+    return RoundPack(
+        p,
+        0.2 if style == "food" else 0.35,
+        (rim * 1.6, 1 - rim * 1.6),
+        top=((200, 200, 205), top_kind),
+    )
 
 
 def _jar(spec: SkuSpec, style: str) -> RoundPack:
@@ -120,7 +123,9 @@ def _tube(spec: SkuSpec, style: str) -> RoundPack:
     body = Mat(look.primary, "label", 0.35)
     p = Profile()
     p.add(0.06, w * 1.05, w * 1.05, Mat(shade(look.primary, -0.1), "crimp", 0.2))
-    p.add(0.8, w, 0.62 * w, body).add(0.85, 0.62 * w, 0.5 * w, Mat(look.material, "plain", 0.4), "ease")
+    p.add(0.8, w, 0.62 * w, body).add(
+        0.85, 0.62 * w, 0.5 * w, Mat(look.material, "plain", 0.4), "ease"
+    )
     p.add(1.0, 0.55 * w, 0.55 * w, Mat(look.accent, "plain", 0.5))
     return RoundPack(p, 0.0, (0.06, 0.8), wrap="flat", flat=0.45)
 
@@ -134,8 +139,9 @@ def _bag(spec: SkuSpec, style: str) -> RoundPack:
         p.add(0.07, 0.36, 0.36, crimp).add(0.5, 0.345, 0.37, body, "ease")
         p.add(0.93, 0.37, 0.345, body, "ease").add(1.0, 0.36, 0.36, crimp)
         return RoundPack(p, 0.0, (0.07, 0.93), wrap="flat", flat=0.55)
-    p.add(0.05, 0.32, 0.32, crimp).add(0.95, 0.32, 0.34, body).add(1.0, 0.34, 0.3, body, "heel")
-    return RoundPack(p, 0.0, (0.05, 1.0), wrap="flat", flat=0.65)
+    seal = Mat(look.metal, "crimp", 0.6)
+    p.add(0.06, 0.3, 0.3, seal).add(0.95, 0.3, 0.36, body).add(1.0, 0.36, 0.33, body, "heel")
+    return RoundPack(p, 0.0, (0.06, 1.0), wrap="flat", flat=0.65, extra="valve")
 
 
 def _round_pack(spec: SkuSpec) -> RoundPack:
@@ -158,23 +164,64 @@ def _draw_extra(img: Image.Image, pack: RoundPack, spec: SkuSpec, h: int) -> Ima
     cx = w / 2
     top = (img.height - h) / 2
     cap = spec.brand.secondary
-    if pack.extra == "pump":
+    if pack.extra == "valve":  # aroma valve and tear notch of a coffee pouch
+        r = 0.022 * h
+        x, y = cx + 0.18 * h, top + 0.12 * h
+        draw.ellipse(
+            (x - r, y - r, x + r, y + r),
+            fill=(225, 225, 225, 255),
+            outline=(90, 90, 90, 255),
+            width=max(1, int(r / 4)),
+        )
+        draw.ellipse(
+            (x - r / 2.5, y - r / 2.5, x + r / 2.5, y + r / 2.5), fill=(120, 120, 120, 255)
+        )
+        nx = cx - 0.3 * h
+        draw.polygon(
+            [(nx - 1, top + 0.07 * h), (nx + 0.025 * h, top + 0.085 * h), (nx - 1, top + 0.1 * h)],
+            fill=(0, 0, 0, 0),
+        )
+    elif pack.extra == "pump":
         y = top + 0.01 * h
-        draw.rounded_rectangle((cx - 0.02 * h, y, cx + 0.2 * h, y + 0.035 * h), radius=0.012 * h,
-                               fill=shade(cap, -0.05))
+        draw.rounded_rectangle(
+            (cx - 0.02 * h, y, cx + 0.2 * h, y + 0.035 * h),
+            radius=0.012 * h,
+            fill=shade(cap, -0.05),
+        )
         draw.rectangle((cx - 0.02 * h, y, cx + 0.2 * h, y + 0.01 * h), fill=shade(cap, 0.25))
     elif pack.extra == "spray":
         y0 = top
-        head = [(cx - 0.09 * h, y0 + 0.04 * h), (cx + 0.02 * h, y0), (cx + 0.24 * h, y0 + 0.02 * h),
-                (cx + 0.24 * h, y0 + 0.07 * h), (cx + 0.09 * h, y0 + 0.09 * h),
-                (cx + 0.09 * h, y0 + 0.2 * h), (cx - 0.09 * h, y0 + 0.2 * h)]
+        head = [
+            (cx - 0.09 * h, y0 + 0.04 * h),
+            (cx + 0.02 * h, y0),
+            (cx + 0.24 * h, y0 + 0.02 * h),
+            (cx + 0.24 * h, y0 + 0.07 * h),
+            (cx + 0.09 * h, y0 + 0.09 * h),
+            (cx + 0.09 * h, y0 + 0.2 * h),
+            (cx - 0.09 * h, y0 + 0.2 * h),
+        ]
         draw.polygon(head, fill=cap)
-        draw.polygon([(cx - 0.09 * h, y0 + 0.04 * h), (cx + 0.02 * h, y0), (cx + 0.24 * h, y0 + 0.02 * h),
-                      (cx + 0.1 * h, y0 + 0.035 * h)], fill=shade(cap, 0.3))
-        draw.polygon([(cx + 0.1 * h, y0 + 0.09 * h), (cx + 0.16 * h, y0 + 0.1 * h),
-                      (cx + 0.13 * h, y0 + 0.2 * h), (cx + 0.09 * h, y0 + 0.19 * h)],
-                     fill=shade(spec.brand.accent, -0.2))
-        draw.rectangle((cx + 0.2 * h, y0 + 0.025 * h, cx + 0.25 * h, y0 + 0.065 * h), fill=shade(cap, -0.4))
+        draw.polygon(
+            [
+                (cx - 0.09 * h, y0 + 0.04 * h),
+                (cx + 0.02 * h, y0),
+                (cx + 0.24 * h, y0 + 0.02 * h),
+                (cx + 0.1 * h, y0 + 0.035 * h),
+            ],
+            fill=shade(cap, 0.3),
+        )
+        draw.polygon(
+            [
+                (cx + 0.1 * h, y0 + 0.09 * h),
+                (cx + 0.16 * h, y0 + 0.1 * h),
+                (cx + 0.13 * h, y0 + 0.2 * h),
+                (cx + 0.09 * h, y0 + 0.19 * h),
+            ],
+            fill=shade(spec.brand.accent, -0.2),
+        )
+        draw.rectangle(
+            (cx + 0.2 * h, y0 + 0.025 * h, cx + 0.25 * h, y0 + 0.065 * h), fill=shade(cap, -0.4)
+        )
     return canvas
 
 
@@ -182,8 +229,15 @@ def _render_round(spec: SkuSpec, height: int) -> Image.Image:
     pack = _round_pack(spec)
     radius, mat_idx, mats = pack.profile.sample(height)
     surf = surface(radius, pack.tilt)
-    r_label = float(np.median(radius[int(pack.label_rows[0] * height): max(
-        int(pack.label_rows[0] * height) + 1, int(pack.label_rows[1] * height))]))
+    r_label = float(
+        np.median(
+            radius[
+                int(pack.label_rows[0] * height) : max(
+                    int(pack.label_rows[0] * height) + 1, int(pack.label_rows[1] * height)
+                )
+            ]
+        )
+    )
     ly0, ly1 = int(pack.label_rows[0] * height), int(pack.label_rows[1] * height)
     if pack.wrap == "cyl":
         lw, content = max(8, int(np.pi * r_label)), (0.2, 0.8)
@@ -235,9 +289,3 @@ def render_packshot(spec: SkuSpec, side: int) -> Image.Image:
     scale = side / max(img.size)
     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
     return img.convert("RGBa").resize(size, Image.Resampling.LANCZOS).convert("RGBA")
-
-
-@lru_cache(maxsize=256)
-def packshot(spec: SkuSpec, side: int) -> Image.Image:
-    """Cached :func:`render_packshot` (callers must not modify the returned image)."""
-    return render_packshot(spec, side)

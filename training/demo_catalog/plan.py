@@ -26,8 +26,9 @@ class TailLaw:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_per_sku <= self.max_per_sku:
-            raise ValueError(f"need 1 <= min_per_sku <= max_per_sku, got {self.min_per_sku}, "
-                             f"{self.max_per_sku}")
+            raise ValueError(
+                f"need 1 <= min_per_sku <= max_per_sku, got {self.min_per_sku}, {self.max_per_sku}"
+            )
         if self.a <= 0 or self.q <= 0:
             raise ValueError(f"zipf a and q must be > 0, got {self.a}, {self.q}")
 
@@ -73,7 +74,9 @@ def train_counts(rank: np.ndarray, seed: int, law: TailLaw) -> np.ndarray:
     return np.clip(np.asarray(counts, np.int64), law.min_per_sku, law.max_per_sku)
 
 
-def _distractors(rng: np.random.Generator, i: int, specs: list[SkuSpec], siblings: list[int]) -> tuple[int, ...]:
+def _distractors(
+    rng: np.random.Generator, i: int, specs: list[SkuSpec], siblings: list[int]
+) -> tuple[int, ...]:
     """0-3 other SKUs; half of them from the same brand, as on a real shelf."""
     n = len(specs)
     out: list[int] = []

@@ -1,30 +1,40 @@
-"""Rendering of one SKU's images, in this process or in a worker of a pool.
+"""Rendering of the images, in this process or in the workers of a pool.
 
-A worker gets the SKU plan once (pool initializer) and then SKU indices; it writes the images
-itself and sends back only the query boxes.  Every image has its own generator seeded from
+Two passes over the SKUs: the first draws each packshot once, keeps it as a PNG in a scratch
+folder and writes the SKU's catalog and train images; the second writes the queries, which
+also need the packshots of other SKUs (the distractors) and read them back from that folder.
+A worker gets the plan once (pool initializer) and then SKU indices; it writes the images
+itself and sends back only the query labels.  Every image has its own generator seeded from
 ``(seed, split, sku index, image index)``, so the files do not depend on ``jobs``.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from .augment import catalog_image, train_view
-from .packshot import packshot
+from .packshot import render_packshot
 from .plan import Plan, QueryItem
 from .scene import render_query
 from .spec import S_QUERY, S_TRAIN, rng_for
 
 CATALOG_JPEG_QUALITY = 95
 
+Mapper = Callable[[Callable[[int], Any], Iterable[int]], Iterator[Any]]
+
 
 @dataclass(frozen=True, slots=True)
 class RenderJob:
     out: Path
+    scratch: Path  # packshots of the run, as PNG
     seed: int
     size: int
     query_size: int
@@ -32,7 +42,7 @@ class RenderJob:
 
     @property
     def master(self) -> int:
-        """Side of the cached packshot: big enough for the largest use."""
+        """Side of the stored packshot: big enough for the largest use."""
         return max(self.size, self.query_size)
 
 
@@ -46,6 +56,7 @@ def _init(job: RenderJob, plan: Plan) -> None:
     for q in plan.queries:
         queries.setdefault(q.sku, []).append(q)
     _STATE["queries"] = queries
+    _packshot.cache_clear()
 
 
 def catalog_path(out: Path, sku_id: str) -> Path:
@@ -60,12 +71,23 @@ def query_path(out: Path, pos: int) -> Path:
     return out / "queries" / f"q{pos:05d}.jpg"
 
 
-def render_sku(i: int) -> list[dict[str, Any]]:
-    """Write SKU ``i``'s catalog, train and query images; return its queries' labels."""
+@lru_cache(maxsize=128)
+def _packshot(i: int) -> Image.Image:
+    job: RenderJob = _STATE["job"]
+    path = job.scratch / f"{i}.png"
+    if path.is_file():
+        with Image.open(path) as im:
+            return im.convert("RGBA")
+    return render_packshot(_STATE["plan"].specs[i], job.master)
+
+
+def render_sku(i: int) -> None:
+    """Draw SKU ``i``'s packshot once, keep it, write its catalog and train images."""
     job: RenderJob = _STATE["job"]
     plan: Plan = _STATE["plan"]
     spec = plan.specs[i]
-    pack = packshot(spec, job.master)
+    pack = _packshot(i)
+    pack.save(job.scratch / f"{i}.png", compress_level=1)
     if "catalog" in job.splits:
         catalog_image(pack, job.size).save(
             catalog_path(job.out, spec.sku_id), "JPEG", quality=CATALOG_JPEG_QUALITY
@@ -74,27 +96,40 @@ def render_sku(i: int) -> list[dict[str, Any]]:
         for k in range(int(plan.counts[i])):
             jpeg, _ = train_view(pack, job.size, rng_for(job.seed, S_TRAIN, i, k))
             train_path(job.out, spec.sku_id, k).write_bytes(jpeg)
+
+
+def render_queries(i: int) -> list[dict[str, Any]]:
+    """Write SKU ``i``'s query photos; return their labels."""
+    job: RenderJob = _STATE["job"]
     results = []
-    if "queries" in job.splits:
-        for q in _STATE["queries"].get(i, []):
-            others = [packshot(plan.specs[j], job.master) for j in q.distractors]
-            shot = render_query(pack, others, job.query_size, rng_for(job.seed, S_QUERY, i, q.k))
-            query_path(job.out, q.pos).write_bytes(shot.jpeg)
-            results.append({
-                "pos": q.pos, "box": list(shot.box), "distractor_boxes": [list(b) for b in shot.distractor_boxes],
-                "scene": shot.scene, "area_frac": shot.area_frac,
-            })
+    for q in _STATE["queries"].get(i, []):
+        others = [_packshot(j) for j in q.distractors]
+        rng = rng_for(job.seed, S_QUERY, i, q.k)
+        shot = render_query(_packshot(i), others, job.query_size, rng)
+        query_path(job.out, q.pos).write_bytes(shot.jpeg)
+        results.append(
+            {
+                "pos": q.pos,
+                "box": list(shot.box),
+                "distractor_boxes": [list(b) for b in shot.distractor_boxes],
+                "scene": shot.scene,
+                "area_frac": shot.area_frac,
+            }
+        )
     return results
 
 
-def render_all(job: RenderJob, plan: Plan, jobs: int) -> Iterator[list[dict[str, Any]]]:
-    """Render every SKU, in SKU order, with ``jobs`` processes (1 = this process)."""
-    n = len(plan.specs)
-    if jobs <= 1 or n < 2:
+@contextmanager
+def workers(job: RenderJob, plan: Plan, jobs: int) -> Iterator[Mapper]:
+    """An ordered ``map`` over SKU indices, in this process (``jobs`` = 1) or a pool."""
+    if jobs <= 1 or len(plan.specs) < 2:
         _init(job, plan)
-        for i in range(n):
-            yield render_sku(i)
+        try:
+            yield lambda fn, items: map(fn, items)
+        finally:  # do not keep the plan and the packshots alive after the run
+            _STATE.clear()
+            _packshot.cache_clear()
         return
     ctx = mp.get_context("spawn")  # safe in threaded parents (pytest, torch); start-up is small
     with ctx.Pool(jobs, initializer=_init, initargs=(job, plan)) as pool:
-        yield from pool.imap(render_sku, range(n), chunksize=1)
+        yield lambda fn, items: pool.imap(fn, items, chunksize=1)

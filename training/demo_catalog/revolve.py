@@ -103,7 +103,9 @@ def lighting(theta: np.ndarray, gloss: float | np.ndarray, flat: float = 0.0) ->
     """(diffuse factor, specular add in 0..1); ``flat`` in [0, 1] softens the curvature."""
     th = theta * (1 - flat)
     diffuse = 0.42 + 0.58 * np.clip(np.cos(th - LIGHT), 0, 1) ** 1.4
-    spec = np.exp(-(((th - (LIGHT - 0.15)) / 0.16) ** 2)) + 0.35 * np.exp(-(((th - 0.95) / 0.1) ** 2))
+    spec = np.exp(-(((th - (LIGHT - 0.15)) / 0.16) ** 2)) + 0.35 * np.exp(
+        -(((th - 0.95) / 0.1) ** 2)
+    )
     return diffuse, spec * gloss
 
 
@@ -137,7 +139,9 @@ def paint(
             else:
                 u = (np.sin(th) * 0.5 + 0.5) * (lw - 1)
             v = (surf.y[sel] - label_rows[0]) / max(label_rows[1] - label_rows[0], 1) * (lh - 1)
-            rgb[sel] = label[np.clip(v, 0, lh - 1).astype(np.int32), np.clip(u, 0, lw - 1).astype(np.int32)]
+            rgb[sel] = label[
+                np.clip(v, 0, lh - 1).astype(np.int32), np.clip(u, 0, lw - 1).astype(np.int32)
+            ]
         elif mat.kind == "ridged":
             ridge = 0.82 + 0.18 * (np.cos(th * 40) > 0)
             rgb[sel] = base * ridge[:, None]
@@ -166,7 +170,10 @@ def paint_top(surf: Surface, rgb: np.ndarray, color: RGB, kind: str) -> np.ndarr
     ys = surf.ytop
     rr = np.sqrt((surf.dx / r0) ** 2 + (ys / ry) ** 2)
     base = np.asarray(color, np.float32)
-    top_rgb = np.broadcast_to(base, rgb.shape) * (1.1 - 0.2 * np.clip(surf.dx / r0 + 0.5, 0, 1))[..., None]
+    top_rgb = (
+        np.broadcast_to(base, rgb.shape)
+        * (1.1 - 0.2 * np.clip(surf.dx / r0 + 0.5, 0, 1))[..., None]
+    )
     if kind in ("can", "lid"):
         ring = np.abs(rr - 0.86) < 0.045
         top_rgb[ring] *= 0.7

@@ -14,6 +14,13 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .augment import Box, alpha_box, encode_jpeg, gradient, lowfreq, paste, paste_shadow, warp
 
+# Table tops: wood, table cloth, stone / laminate.
+SURFACES = (
+    ((150, 100, 60), (120, 80, 45), (190, 150, 100), (95, 65, 45), (205, 175, 130)),
+    ((200, 60, 60), (60, 90, 160), (220, 220, 215), (90, 140, 90), (230, 200, 120)),
+    ((200, 200, 200), (235, 232, 225), (120, 120, 125), (60, 60, 65), (180, 170, 150)),
+)
+
 
 @dataclass(slots=True)
 class QueryShot:
@@ -28,13 +35,19 @@ def _rand_rgb(rng: np.random.Generator, lo: float = 0, hi: float = 255) -> np.nd
     return rng.uniform(lo, hi, size=3).astype(np.float32)
 
 
-def _blobs(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int, n: int, y_range: tuple) -> None:
+def _blobs(
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int, n: int, y_range: tuple
+) -> None:
     """Out-of-focus stand-ins for other things in the picture."""
     for _ in range(n):
         col = (*(int(v) for v in rng.integers(0, 256, 3)), int(rng.integers(90, 230)))
         w, h = rng.integers(size // 14, size // 3, 2)
         x0 = int(rng.integers(-size // 8, size))
-        y0 = int(rng.integers(int(y_range[0] * size), max(int(y_range[0] * size) + 1, int(y_range[1] * size))))
+        y0 = int(
+            rng.integers(
+                int(y_range[0] * size), max(int(y_range[0] * size) + 1, int(y_range[1] * size))
+            )
+        )
         box = (x0, y0, x0 + int(w), y0 + int(h))
         if rng.random() < 0.5:
             draw.rounded_rectangle(box, radius=int(min(w, h) // 4), fill=col)
@@ -57,23 +70,28 @@ def _shelf(rng: np.random.Generator, size: int) -> tuple[Image.Image, float]:
         x = rng.uniform(0, size * 0.85)
         tag = (x, shelf_y + edge_h * 0.15, x + 0.12 * size, shelf_y + edge_h * 0.85)
         draw.rectangle(tag, fill=(250, 250, 245, 255))
-        draw.line((tag[0] + 3, tag[1] + edge_h * 0.3, tag[2] - 3, tag[1] + edge_h * 0.3), fill=(30, 30, 30, 255))
+        draw.line(
+            (tag[0] + 3, tag[1] + edge_h * 0.3, tag[2] - 3, tag[1] + edge_h * 0.3),
+            fill=(30, 30, 30, 255),
+        )
     draw.rectangle((0, shelf_y + edge_h, size, size), fill=(*(int(c * 0.45) for c in board), 255))
     img.alpha_composite(over)
     return img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5))), shelf_y - 0.015 * size
 
 
 def _table(rng: np.random.Generator, size: int) -> tuple[Image.Image, float]:
-    c1, c2 = _rand_rgb(rng, 80, 230), _rand_rgb(rng, 40, 200)
     kind = int(rng.integers(3))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    base = np.asarray(SURFACES[kind][int(rng.integers(len(SURFACES[kind])))], np.float32)
+    c1 = np.clip(base + rng.uniform(-18, 18, size=3), 0, 255)
+    c2 = c1 * rng.uniform(0.55, 0.85)
     if kind == 0:  # wood grain
         noise = lowfreq(rng, size, size, 6)
         t = 0.5 + 0.5 * np.sin(yy * rng.uniform(0.15, 0.5) + 6 * noise + xx * 0.02)
     elif kind == 1:  # fabric checks
         p = rng.uniform(8, 24)
         t = ((xx // p + yy // p) % 2) * 0.6 + lowfreq(rng, size, size, 4) * 0.4
-    else:  # stone
+    else:  # stone / laminate
         t = lowfreq(rng, size, size, int(rng.integers(4, 12)))
     arr = c1 * (1 - t[..., None]) + c2 * t[..., None]
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB").convert("RGBA")
@@ -100,7 +118,7 @@ def _camera(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     arr = np.asarray(img.convert("RGB"), np.float32)
     h, w = arr.shape[:2]
     l0, l1 = rng.uniform(0.65, 1.25, size=2)
-    gain = gradient(rng, h, w, np.float32([l0]), np.float32([l1]))[..., 0]
+    gain = gradient(rng, h, w, np.asarray([l0], np.float32), np.asarray([l1], np.float32))[..., 0]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     cx, cy = rng.uniform(0.2, 0.8, size=2)
     gain *= 1 - rng.uniform(0, 0.35) * ((xx / w - cx) ** 2 + (yy / h - cy) ** 2)
@@ -112,7 +130,9 @@ def _camera(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     radius = rng.uniform(0.0, 1.2)
     if radius > 0.1:
         out = out.filter(ImageFilter.GaussianBlur(radius))
-    noisy = np.asarray(out, np.float32) + rng.normal(0, rng.uniform(1, 5), size=(h, w, 1)).astype(np.float32)
+    noisy = np.asarray(out, np.float32) + rng.normal(0, rng.uniform(1, 5), size=(h, w, 1)).astype(
+        np.float32
+    )
     return Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8), "RGB")
 
 
@@ -132,9 +152,13 @@ def render_query(
     tw, th = tb[2] - tb[0], tb[3] - tb[1]
     k = np.sqrt(rng.uniform(0.12, 0.45) * size * size / max(1, tw * th))
     k = min(k, 0.92 * size / max(tw, th))
-    obj = obj.convert("RGBa").resize(
-        (max(1, round(obj.width * k)), max(1, round(obj.height * k))), Image.Resampling.BICUBIC
-    ).convert("RGBA")
+    obj = (
+        obj.convert("RGBa")
+        .resize(
+            (max(1, round(obj.width * k)), max(1, round(obj.height * k))), Image.Resampling.BICUBIC
+        )
+        .convert("RGBA")
+    )
     bb = alpha_box(obj) or (0, 0, *obj.size)
     px, py = _place(rng, size, bb, floor)
     box = (px + bb[0], py + bb[1], px + bb[2], py + bb[3])

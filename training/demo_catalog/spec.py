@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .variants import VARIANTS
 from .vocab import (
     CATEGORIES,
     CODAS,
@@ -23,7 +24,6 @@ from .vocab import (
     PATTERNS,
     PRIMARIES,
     RGB,
-    VARIANTS,
     VOWELS,
 )
 
@@ -76,8 +76,11 @@ class SkuSpec:
     @property
     def tags(self) -> list[str]:
         return [
-            self.brand.name.lower(), self.product.lower(), self.variant.lower(),
-            self.size, self.family,
+            self.brand.name.lower(),
+            self.product.lower(),
+            self.variant.lower(),
+            self.size,
+            self.family,
         ]
 
     @property
@@ -149,16 +152,21 @@ def _brand_skus(
     lines = CATEGORIES[category]
     n_lines = int(rng.integers(1, 3))
     line_ids = rng.choice(len(lines), size=n_lines, replace=False)
-    variants = VARIANTS[category]
     n_skus = int(rng.integers(1, 6))
-    var_order = rng.permutation(len(variants))
+    # each product line lists its variants in its own seeded order
+    groups = [lines[int(li)][3] if len(lines[int(li)]) > 3 else category for li in line_ids]
+    orders = [rng.permutation(len(VARIANTS[g])) for g in groups]
     out = []
     for j in range(n_skus):
-        product, shape, sizes = lines[int(line_ids[j % n_lines])]
-        vname, vcolor = variants[int(var_order[(j // n_lines) % len(variants)])]
+        line = j % n_lines
+        product, shape, sizes = lines[int(line_ids[line])][:3]
+        variants = VARIANTS[groups[line]]
+        vname, vcolor = variants[int(orders[line][(j // n_lines) % len(variants)])]
         size = sizes[int(rng.integers(len(sizes)))]
         i = start + j
-        out.append(SkuSpec(i, sku_id_for(i), look, b, category, product, vname, vcolor, size, shape))
+        out.append(
+            SkuSpec(i, sku_id_for(i), look, b, category, product, vname, vcolor, size, shape)
+        )
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 RGB = tuple[int, int, int]
 
-CATEGORIES: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
+CATEGORIES: dict[str, list[tuple]] = {  # (product, shape, sizes[, variant group])
     "Drinks": [
         ("Sparkling Water", "bottle:drink", ("500 ml", "1 L", "1.5 L")),
         ("Iced Tea", "bottle:drink", ("500 ml", "1 L")),
@@ -27,8 +27,8 @@ CATEGORIES: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
         ("Crackers", "box:tall", ("150 g", "250 g")),
         ("Pretzels", "bag:pillow", ("100 g", "175 g")),
         ("Popcorn", "bag:pillow", ("90 g", "150 g")),
-        ("Cookies", "box:wide", ("200 g", "300 g")),
-        ("Granola Bars", "box:wide", ("6 x 25 g", "10 x 25 g")),
+        ("Cookies", "box:wide", ("200 g", "300 g"), "Sweet Snacks"),
+        ("Granola Bars", "box:wide", ("6 x 25 g", "10 x 25 g"), "Sweet Snacks"),
         ("Nut Mix", "jar:wide", ("150 g", "300 g")),
     ],
     "Cosmetics": [
@@ -45,8 +45,8 @@ CATEGORIES: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
         ("Shampoo", "bottle:flip", ("250 ml", "400 ml")),
         ("Conditioner", "bottle:flip", ("250 ml", "400 ml")),
         ("Shower Gel", "bottle:flip", ("250 ml", "500 ml")),
-        ("Toothpaste", "tube:wide", ("75 ml", "125 ml")),
-        ("Mouthwash", "bottle:drink", ("500 ml",)),
+        ("Toothpaste", "tube:wide", ("75 ml", "125 ml"), "Oral Care"),
+        ("Mouthwash", "bottle:drink", ("500 ml",), "Oral Care"),
         ("Hand Soap", "bottle:pump", ("300 ml",)),
         ("Deodorant", "can:slim", ("150 ml",)),
     ],
@@ -66,7 +66,7 @@ CATEGORIES: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
         ("Cream Cheese", "jar:cup", ("200 g",)),
         ("Oat Drink", "carton:gable", ("1 L",)),
         ("Skyr", "jar:cup", ("150 g", "450 g")),
-        ("Butter", "box:flat", ("250 g",)),
+        ("Butter", "box:flat", ("250 g",), "Butter"),
     ],
     "Canned Food": [
         ("Tomato Soup", "can:food", ("400 g", "800 g")),
@@ -78,64 +78,13 @@ CATEGORIES: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
         ("Peach Halves", "can:food", ("420 g",)),
     ],
     "Coffee & Tea": [
-        ("Ground Coffee", "bag:standup", ("250 g", "500 g")),
-        ("Coffee Beans", "bag:standup", ("500 g", "1 kg")),
-        ("Instant Coffee", "jar:tall", ("100 g", "200 g")),
+        ("Ground Coffee", "bag:standup", ("250 g", "500 g"), "Coffee"),
+        ("Coffee Beans", "bag:standup", ("500 g", "1 kg"), "Coffee"),
+        ("Instant Coffee", "jar:tall", ("100 g", "200 g"), "Coffee"),
         ("Green Tea", "box:tea", ("20 bags", "40 bags")),
         ("Black Tea", "box:tea", ("25 bags", "50 bags")),
         ("Herbal Tea", "box:tea", ("20 bags",)),
-        ("Espresso Capsules", "box:wide", ("10 caps", "30 caps")),
-    ],
-}
-
-# Variants per category: (name, colour).  The colour is the variant's accent on the pack.
-VARIANTS: dict[str, list[tuple[str, RGB]]] = {
-    "Drinks": [
-        ("Lemon", (244, 212, 40)), ("Lime", (120, 190, 40)), ("Orange", (245, 140, 30)),
-        ("Cherry", (190, 20, 50)), ("Wild Berry", (120, 40, 140)), ("Peach", (250, 160, 110)),
-        ("Mango", (250, 180, 30)), ("Original", (200, 30, 40)), ("Zero Sugar", (30, 30, 30)),
-        ("Grape", (100, 40, 120)), ("Green Apple", (140, 200, 60)), ("Ginger", (210, 170, 90)),
-    ],
-    "Snacks": [
-        ("Sea Salt", (40, 120, 200)), ("Barbecue", (150, 50, 30)), ("Sour Cream", (90, 170, 80)),
-        ("Cheese", (250, 190, 30)), ("Paprika", (220, 70, 40)), ("Sweet Chili", (200, 30, 30)),
-        ("Honey", (230, 160, 30)), ("Chocolate", (110, 60, 30)), ("Salt & Vinegar", (60, 140, 190)),
-        ("Original", (220, 40, 40)), ("Rosemary", (70, 120, 70)),
-    ],
-    "Cosmetics": [
-        ("Rose", (230, 110, 150)), ("Aloe Vera", (110, 190, 110)), ("Vitamin C", (250, 160, 30)),
-        ("Hyaluronic", (80, 160, 220)), ("Shea Butter", (220, 190, 140)), ("Cucumber", (150, 200, 120)),
-        ("Argan Oil", (200, 140, 50)), ("Green Tea", (90, 150, 70)), ("Sensitive", (170, 190, 230)),
-        ("Night Repair", (70, 60, 140)),
-    ],
-    "Personal Care": [
-        ("Mint", (60, 190, 160)), ("Coconut", (240, 235, 220)), ("Lavender", (150, 120, 200)),
-        ("Fresh", (60, 160, 230)), ("Sensitive", (150, 190, 230)), ("Whitening", (230, 240, 250)),
-        ("Tea Tree", (60, 130, 70)), ("Ocean", (30, 90, 170)), ("Argan", (200, 140, 60)),
-        ("Honey Milk", (240, 200, 110)),
-    ],
-    "Household": [
-        ("Lemon", (245, 215, 40)), ("Lavender", (150, 110, 200)), ("Ocean Breeze", (40, 130, 210)),
-        ("Pine", (40, 120, 60)), ("Unscented", (200, 200, 200)), ("Spring", (130, 200, 90)),
-        ("Citrus", (250, 150, 30)), ("Fresh Linen", (170, 200, 230)), ("Apple", (200, 40, 40)),
-        ("Eucalyptus", (90, 160, 140)),
-    ],
-    "Dairy": [
-        ("Plain", (90, 150, 220)), ("Strawberry", (230, 60, 90)), ("Vanilla", (240, 220, 150)),
-        ("Blueberry", (70, 70, 160)), ("Low Fat", (60, 170, 90)), ("Lactose Free", (120, 120, 200)),
-        ("Peach", (250, 170, 110)), ("Honey", (235, 175, 40)), ("Organic", (80, 150, 60)),
-        ("Cherry", (180, 20, 60)),
-    ],
-    "Canned Food": [
-        ("Classic", (200, 40, 40)), ("Organic", (80, 150, 60)), ("Low Salt", (60, 130, 200)),
-        ("Spicy", (220, 80, 20)), ("In Olive Oil", (140, 150, 40)), ("In Spring Water", (80, 170, 220)),
-        ("Family Pack", (240, 170, 30)), ("Light", (150, 200, 220)), ("Creamy", (240, 220, 170)),
-    ],
-    "Coffee & Tea": [
-        ("Dark Roast", (70, 40, 25)), ("Medium Roast", (140, 90, 50)), ("Decaf", (40, 120, 70)),
-        ("Earl Grey", (70, 80, 150)), ("Chamomile", (240, 200, 60)), ("Peppermint", (60, 180, 120)),
-        ("Jasmine", (230, 230, 200)), ("Vanilla", (230, 200, 140)), ("Espresso", (40, 25, 20)),
-        ("Breakfast", (200, 60, 40)),
+        ("Espresso Capsules", "box:wide", ("10 caps", "30 caps"), "Coffee"),
     ],
 }
 
@@ -152,16 +101,67 @@ ATTRIBUTES: dict[str, list[str]] = {
 }
 
 PROMO_WORDS: tuple[str, ...] = (
-    "free shipping", "hot sale", "new arrival", "2026", "discount", "official store",
-    "genuine", "limited", "best seller", "gift", "sale", "original", "premium",
-    "high quality", "wholesale", "flash deal", "in stock", "top rated", "clearance",
-    "brand new", "fast delivery", "special offer", "bundle", "authentic", "new",
+    "free shipping",
+    "hot sale",
+    "new arrival",
+    "2026",
+    "discount",
+    "official store",
+    "genuine",
+    "limited",
+    "best seller",
+    "gift",
+    "sale",
+    "original",
+    "premium",
+    "high quality",
+    "wholesale",
+    "flash deal",
+    "in stock",
+    "top rated",
+    "clearance",
+    "brand new",
+    "fast delivery",
+    "special offer",
+    "bundle",
+    "authentic",
+    "new",
 )
 
 # Pronounceable brand names: onset + vowel (+ coda), two or three syllables, sometimes an ending.
 ONSETS = (
-    "b", "br", "c", "cr", "d", "dr", "f", "fl", "g", "gr", "k", "l", "m", "n", "p", "pr",
-    "r", "s", "st", "t", "tr", "v", "z", "sh", "ch", "j", "h", "bl", "sp", "m", "l", "n",
+    "b",
+    "br",
+    "c",
+    "cr",
+    "d",
+    "dr",
+    "f",
+    "fl",
+    "g",
+    "gr",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "pr",
+    "r",
+    "s",
+    "st",
+    "t",
+    "tr",
+    "v",
+    "z",
+    "sh",
+    "ch",
+    "j",
+    "h",
+    "bl",
+    "sp",
+    "m",
+    "l",
+    "n",
 )
 VOWELS = ("a", "e", "i", "o", "u", "a", "o", "e", "ee", "oo", "ai")
 CODAS = ("", "", "", "n", "r", "s", "x", "l", "m", "k", "t", "nd", "rt")
@@ -169,14 +169,36 @@ ENDINGS = ("", "", "", "a", "o", "ia", "ex", "ix", "ly", "co", "ra", "vo", "ella
 
 # Brand colour palettes: saturated primaries a designer would pick, and light/dark neutrals.
 PRIMARIES: tuple[RGB, ...] = (
-    (200, 30, 45), (225, 90, 30), (245, 180, 20), (40, 140, 60), (20, 120, 110),
-    (25, 90, 180), (20, 50, 120), (110, 40, 150), (200, 50, 120), (30, 30, 35),
-    (245, 245, 240), (120, 70, 40), (0, 160, 200), (150, 190, 40), (90, 100, 110),
-    (235, 220, 190), (170, 20, 30), (60, 40, 100), (250, 120, 140), (15, 110, 70),
+    (200, 30, 45),
+    (225, 90, 30),
+    (245, 180, 20),
+    (40, 140, 60),
+    (20, 120, 110),
+    (25, 90, 180),
+    (20, 50, 120),
+    (110, 40, 150),
+    (200, 50, 120),
+    (30, 30, 35),
+    (245, 245, 240),
+    (120, 70, 40),
+    (0, 160, 200),
+    (150, 190, 40),
+    (90, 100, 110),
+    (235, 220, 190),
+    (170, 20, 30),
+    (60, 40, 100),
+    (250, 120, 140),
+    (15, 110, 70),
 )
 NEUTRALS: tuple[RGB, ...] = (
-    (250, 250, 248), (245, 238, 220), (30, 30, 35), (60, 60, 70), (250, 215, 60),
-    (200, 200, 205), (255, 255, 255), (20, 40, 80),
+    (250, 250, 248),
+    (245, 238, 220),
+    (30, 30, 35),
+    (60, 60, 70),
+    (250, 215, 60),
+    (200, 200, 205),
+    (255, 255, 255),
+    (20, 40, 80),
 )
 PATTERNS = ("stripes", "dots", "waves", "band", "chevrons", "rays", "checks", "plain", "arcs")
 LOGOS = ("circle", "star", "leaf", "diamond", "hexagon", "shield", "drop", "sun", "square")

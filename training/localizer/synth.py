@@ -25,11 +25,13 @@ from PIL import Image, ImageDraw, ImageFilter
 class SceneConfig:
     long_side: tuple[int, int] = (160, 288)
     aspect: tuple[float, float] = (0.6, 1.67)  # width / height
-    main_area: tuple[float, float] = (0.04, 0.55)  # main product box area / scene area
+    main_area: tuple[float, float] = (0.04, 0.65)  # main product box area / scene area
     max_distractors: int = 4
     distractor_scale: tuple[float, float] = (0.25, 0.8)  # side relative to the main product
     max_overlap: float = 0.3  # IoU allowed between two products
     max_cover: float = 0.5  # share of the smaller product's box another may cover
+    out_of_frame_p: float = 0.25  # share of products allowed to be cut by the frame
+    out_of_frame: float = 0.35  # at most this share of such a product's width/height outside
     rotation_deg: float = 25.0
     perspective: float = 0.12
     shadow_p: float = 0.4
@@ -215,10 +217,13 @@ def render_scene(
         local = _alpha_box(prod)
         if local is None:
             continue
+        cut_off = rng.uniform(0, cfg.out_of_frame) if rng.random() < cfg.out_of_frame_p else 0.0
+        mx, my = int(cut_off * prod.width), int(cut_off * prod.height)
         for _ in range(10):  # rejection sampling of a position with little overlap
-            x = int(rng.integers(0, w - prod.width + 1))
-            y = int(rng.integers(0, h - prod.height + 1))
+            x = int(rng.integers(-mx, w - prod.width + mx + 1))
+            y = int(rng.integers(-my, h - prod.height + my + 1))
             box = np.array([x + local[0], y + local[1], x + local[2], y + local[3]], float)
+            box = np.clip(box, 0, [w, h, w, h])  # the visible part (products cut by the frame)
             if all(iou <= cfg.max_overlap and cover <= cfg.max_cover
                    for iou, cover in (_overlap(box, b) for b in boxes)):
                 break

@@ -62,7 +62,7 @@ class SICoTExport(nn.Module):
 
     def __init__(self, model: SICoTModel):
         super().__init__()
-        self.backbone = model.backbone
+        self.backbone: Any = model.backbone  # any registry backbone (forward_features)
         self.dropout = model.dropout
         self.proj = model.proj
         self.classifier = model.classifier
@@ -79,11 +79,11 @@ class SICoTModel(nn.Module):
         self.cfg = cfg
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.backbone = create_backbone(
+            self.backbone: Any = create_backbone(
                 cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.weights_path,
                 freeze_blocks=cfg.freeze_blocks, **cfg.backbone_kwargs,
             )
-            c = int(self.backbone.num_features)
+            c: int = self.backbone.num_features
             self.dropout = nn.Dropout(cfg.dropout)
             self.proj = nn.Sequential(nn.Linear(c, cfg.embed_dim, bias=False),
                                       nn.BatchNorm1d(cfg.embed_dim))

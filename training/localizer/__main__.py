@@ -1,0 +1,3 @@
+from training.localizer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""The localizer network: stride-8/16 feature taps of a registered backbone, a two-level
+FPN-lite neck and a CenterNet/FCOS-style head at stride 8.
+
+Outputs (the ONNX graph's, named as in :mod:`service.localize`): ``heatmap`` (N, 1, S/8, S/8),
+sigmoid objectness; ``ltrb`` (N, 4, S/8, S/8), ``exp`` of the regression, distances from the
+cell centre to the box edges in units of the stride. :meth:`LocalizerNet.forward_raw` gives
+the logits for the losses.
+
+Feature taps: the backbone registry (``training.models.backbones``) exposes pooled features
+only, so :class:`FeatureTaps` walks the backbone's own blocks and keeps the last map at
+stride 8 and at stride 16; the stride-32 blocks are never run (they cost latency and the
+products are at most a few cells wide at stride 16 anyway).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.models.backbones import TinyCNN, create_backbone
+from training.models.efficientnet_lite import EfficientNetLite
+
+STRIDE = 8
+LTRB_MAX_LOG = 4.0  # exp(4) ≈ 55 strides: larger than any input the localizer is meant for
+
+
+class FeatureTaps(nn.Module):
+    """Run a backbone up to stride 16; return ``(c8, c16)`` feature maps."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        if isinstance(backbone, EfficientNetLite):
+            self.stem: nn.Module = _LiteStem(backbone)
+            blocks = list(backbone._blocks)
+            strides = [int(b._depthwise_conv.stride[0]) for b in blocks]
+            chans = [int(b._project_conv.out_channels) for b in blocks]
+            stride = 2
+        elif isinstance(backbone, TinyCNN):
+            self.stem = nn.Identity()
+            blocks = list(backbone.convs)
+            strides = [2] * len(blocks)
+            chans = [int(b[0].out_channels) for b in blocks]
+            stride = 1
+        else:
+            raise ValueError(f"no feature taps for {type(backbone).__name__}")
+        cum = []
+        for s in strides:
+            stride *= s
+            cum.append(stride)
+        if 16 not in cum or 8 not in cum:
+            raise ValueError("the backbone must reach strides 8 and 16")
+        self.tap8 = max(i for i, s in enumerate(cum) if s == 8)
+        self.tap16 = max(i for i, s in enumerate(cum) if s == 16)
+        self.blocks = nn.ModuleList(blocks[: self.tap16 + 1])
+        self.channels = (chans[self.tap8], chans[self.tap16])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.stem(x)
+        c8 = x
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == self.tap8:
+                c8 = x
+        return c8, x
+
+
+class _LiteStem(nn.Module):
+    def __init__(self, net: EfficientNetLite):
+        super().__init__()
+        self.conv, self.bn = net._conv_stem, net._bn0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(self.bn(self.conv(x)))
+
+
+def _sep_conv(c_in: int, c_out: int) -> nn.Sequential:
+    """Depthwise 3x3 + pointwise 1x1, BN, ReLU: the cheap 3x3 of mobile detectors."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False),
+        nn.Conv2d(c_in, c_out, 1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class LocalizerNet(nn.Module):
+    def __init__(self, backbone: nn.Module, neck_channels: int = 64, prior: float = 0.05):
+        super().__init__()
+        self.features = FeatureTaps(backbone)
+        # the backbone's frozen prefix (create_backbone(freeze_blocks=K)); a plain list, so
+        # the modules are not registered twice
+        self._frozen: list[nn.Module] = list(getattr(backbone, "_frozen", []))
+        c8, c16 = self.features.channels
+        c = neck_channels
+        self.lat8 = nn.Sequential(nn.Conv2d(c8, c, 1, bias=False), nn.BatchNorm2d(c),
+                                  nn.ReLU(inplace=True))
+        self.lat16 = nn.Sequential(nn.Conv2d(c16, c, 1, bias=False), nn.BatchNorm2d(c),
+                                   nn.ReLU(inplace=True))
+        self.smooth = nn.Sequential(_sep_conv(c, c), _sep_conv(c, c))
+        self.heat_head = nn.Sequential(_sep_conv(c, c), nn.Conv2d(c, 1, 1))
+        self.box_head = nn.Sequential(_sep_conv(c, c), nn.Conv2d(c, 4, 1))
+        heat_out = self.heat_head[-1]
+        assert isinstance(heat_out, nn.Conv2d) and heat_out.bias is not None
+        nn.init.constant_(heat_out.bias, -math.log((1 - prior) / prior))  # focal-loss prior
+        box_out = self.box_head[-1]
+        assert isinstance(box_out, nn.Conv2d) and box_out.bias is not None
+        nn.init.normal_(box_out.weight, std=0.01)
+        nn.init.constant_(box_out.bias, 1.0)  # start at boxes ~2.7 strides per side
+
+    def train(self, mode: bool = True) -> LocalizerNet:
+        super().train(mode)
+        for m in self._frozen:
+            m.eval()  # frozen BatchNorm keeps its ImageNet statistics
+        return self
+
+    def forward_raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(heatmap logits (N,1,h,w), log-ltrb (N,4,h,w))."""
+        c8, c16 = self.features(x)
+        p = self.lat8(c8) + F.interpolate(self.lat16(c16), size=c8.shape[-2:], mode="nearest")
+        p = self.smooth(p)
+        return self.heat_head(p), self.box_head(p).clamp(max=LTRB_MAX_LOG)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        heat, log_ltrb = self.forward_raw(x)
+        return torch.sigmoid(heat), torch.exp(log_ltrb)
+
+
+def build_localizer(
+    backbone: str, *, pretrained: bool, freeze_blocks: int = 0, neck_channels: int = 64
+) -> LocalizerNet:
+    """A localizer on backbone ``backbone`` of the registry (``efficientnet_lite0``,
+    ``tiny_cnn``); ``freeze_blocks`` as in :func:`create_backbone`."""
+    net = create_backbone(backbone, pretrained=pretrained, freeze_blocks=freeze_blocks)
+    return LocalizerNet(net, neck_channels=neck_channels)
