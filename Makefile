@@ -7,7 +7,7 @@ EXTRAS ?= serve,train,dev
 DEMO_DIR ?= demo-output
 DEMO_SKUS ?= 40
 
-.PHONY: setup demo test lint typecheck bench clean help
+.PHONY: setup demo serve-demo test lint typecheck bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,9 +23,11 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 setup: $(VENV)/.installed-$(EXTRAS)  ## create .venv with every extra and make sure redis-server exists
 	$(VENV)/bin/sku-redis --ensure
 
-demo: setup  ## the end-to-end demo on the embedded defaults
-	$(VENV)/bin/sku-demo-catalog --out $(DEMO_DIR)/catalog --skus $(DEMO_SKUS) --seed 0 \
-		--contact-sheet $(DEMO_DIR)/contact-sheet.png
+demo: setup  ## the end-to-end demo: catalog → train → localizer → index → service → queries
+	$(VENV)/bin/sku-demo --out $(DEMO_DIR) --skus $(DEMO_SKUS) $(DEMO_ARGS)
+
+serve-demo: setup  ## the same, then leave the service up (URL and API key printed)
+	$(VENV)/bin/sku-demo --out $(DEMO_DIR) --skus $(DEMO_SKUS) --keep-serving $(DEMO_ARGS)
 
 test: setup  ## install what the tests need and run the whole suite
 	$(PY) -m pytest
