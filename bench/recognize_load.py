@@ -1,0 +1,194 @@
+"""Closed-loop load on POST /recognize over loopback, against the raw models' ceiling.
+
+Uses the artifacts of a demo run (``sku-demo --no-serve --out DIR`` or ``make demo``): builds
+the index into a private redis-server, starts ``sku-serve`` as a subprocess (the real server:
+uvicorn + uvloop + httptools), then for micro-batching off and on, at each concurrency, runs
+``C`` clients that each send the next query photo as soon as the previous answer came back,
+for ``--duration`` seconds.  Prints requests/s, p50/p95/p99 latency and errors, and the
+throughput of the raw ONNX models alone (localizer + SICoT, batch 1, preprocessed input) in
+the same run, with the ratio of the service to it.
+
+    python bench/recognize_load.py --demo-dir demo-output --duration 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from service.artifact import load_artifact  # noqa: E402
+from service.imageio import decode_image  # noqa: E402
+from service.preprocess import preprocess  # noqa: E402
+from service.redis_server import PrivateRedisServer, free_port  # noqa: E402
+from service.settings import OnnxRuntimeSettings  # noqa: E402
+from training.demo import build_index  # noqa: E402
+
+KEY = "bench-key-0123456789"
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q)) if xs else float("nan")
+
+
+def raw_ceiling(sicot: Path, localizer: Path | None, photos: list[bytes], seconds: float,
+                threads: int) -> dict[str, float]:
+    """Images/s of the models alone on preprocessed inputs (no decode, HTTP or Redis), and
+    with decode + preprocessing, one stream at batch 1."""
+    rt = OnnxRuntimeSettings(intra_op_threads=threads)
+    s_art = load_artifact(sicot, rt)
+    l_art = load_artifact(localizer, rt) if localizer else None
+    imgs = [decode_image(p) for p in photos[:16]]
+    xs = [preprocess(im, s_art.preprocess)[None] for im in imgs]
+    ls = [preprocess(im, l_art.preprocess)[None] for im in imgs] if l_art else []
+    out: dict[str, float] = {}
+    for name, with_decode in (("models_only", False), ("decode_preprocess_models", True)):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            i = n % len(imgs)
+            if with_decode:
+                im = decode_image(photos[i])
+                if l_art:
+                    l_art.model.run(preprocess(im, l_art.preprocess)[None])
+                s_art.model.run(preprocess(im, s_art.preprocess)[None])
+            else:
+                if l_art:
+                    l_art.model.run(ls[i])
+                s_art.model.run(xs[i])
+            n += 1
+        out[name] = n / (time.perf_counter() - t0)
+    return out
+
+
+def load(port: int, photos: list[bytes], concurrency: int, seconds: float) -> dict[str, float]:
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def client(worker: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        i = worker
+        mine: list[float] = []
+        while time.perf_counter() < stop:
+            body = photos[i % len(photos)]
+            i += concurrency
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", "/recognize", body=body,
+                             headers={"Content-Type": "image/jpeg", "X-API-Key": KEY})
+                resp = conn.getresponse()
+                resp.read()
+                ok = resp.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            if ok:
+                mine.append((time.perf_counter() - t0) * 1000.0)
+            else:
+                with lock:
+                    errors[0] += 1
+        conn.close()
+        with lock:
+            lat.extend(mine)
+
+    t0 = time.perf_counter()
+    workers = [threading.Thread(target=client, args=(w,)) for w in range(concurrency)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall = time.perf_counter() - t0
+    return {"concurrency": concurrency, "requests": len(lat), "rps": len(lat) / wall,
+            "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "p99_ms": pct(lat, 99),
+            "mean_ms": statistics.fmean(lat) if lat else float("nan"), "errors": errors[0]}
+
+
+def start_service(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "service.api.server", "--port", str(port),
+                             "--workers", str(workers), "--log-level", "warning"], env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return proc
+        except OSError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("service did not become ready")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--demo-dir", type=Path, default=REPO / "demo-output")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per point (≤ 60)")
+    p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.add_argument("--no-localizer", action="store_true")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
+    demo = args.demo_dir.resolve()
+    sicot = Path(json.loads((demo / "runs" / "sicot" / "report.json").read_text())["artifact"])
+    localizer = None if args.no_localizer else demo / "runs" / "localizer" / "artifact"
+    queries = demo / "catalog" / "queries"
+    rows = [json.loads(x) for x in (queries / "manifest.jsonl").read_text().splitlines()]
+    photos = [(queries / r["image"]).read_bytes() for r in rows[:64]]
+    duration = min(args.duration, 60.0)
+    results: dict[str, object] = {"duration_s": duration, "workers": args.workers,
+                                  "threads": args.threads, "localizer": bool(localizer)}
+    ceiling = raw_ceiling(sicot, localizer, photos, min(duration, 15.0), args.threads)
+    results["ceiling_per_stream"] = ceiling
+    print(f"raw models, one stream: {ceiling['models_only']:.1f} img/s models only, "
+          f"{ceiling['decode_preprocess_models']:.1f} img/s with decode + preprocess")
+    with PrivateRedisServer() as redis:
+        index_dir = demo / "bench-index"
+        build_index(demo / "catalog", sicot, index_dir, redis.url)
+        for batching in (False, True):
+            port = free_port()
+            env = dict(os.environ, REDIS_URL=redis.url, SKU_SERVICE_MODEL_DIR=str(sicot),
+                       SKU_SERVICE_INDEX_DIR=str(index_dir), SKU_SERVICE_API_KEYS=json.dumps([KEY]),
+                       SKU_SERVICE_BATCHING=str(batching).lower(),
+                       SKU_SERVICE_ONNX__INTRA_OP_THREADS=str(args.threads),
+                       SKU_SERVICE_MAX_QUEUE="64")
+            if localizer:
+                env["SKU_SERVICE_LOCALIZER_DIR"] = str(localizer)
+            proc = start_service(env, port, args.workers)
+            try:
+                load(port, photos, 2, 3.0)  # warm-up
+                rows_out = []
+                for c in (int(x) for x in args.concurrency.split(",")):
+                    r = load(port, photos, c, duration)
+                    r["ratio_to_ceiling"] = r["rps"] / ceiling["decode_preprocess_models"]
+                    rows_out.append(r)
+                    print(f"batching={'on ' if batching else 'off'} c={c:<3} "
+                          f"{r['rps']:7.1f} req/s  p50 {r['p50_ms']:6.1f}  p95 {r['p95_ms']:6.1f}"
+                          f"  p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}  "
+                          f"ratio to one-stream ceiling {r['ratio_to_ceiling']:.2f}")
+                results[f"batching_{'on' if batching else 'off'}"] = rows_out
+            finally:
+                proc.terminate()
+                proc.wait(timeout=15)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
