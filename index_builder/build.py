@@ -113,6 +113,7 @@ class Runner:
         current = self.require_store().current_manifest()
         if current is not None and current.content_digest == digest:
             report.status, report.version = "unchanged", current.version
+            report.skus, report.images = current.counts["skus"], current.counts["images"]
             report.notes.append(f"inputs identical to current version {current.version}; "
                                 "nothing written (--force rebuilds)")
             return True
@@ -180,11 +181,14 @@ def class_index(artifact: Artifact) -> dict[str, int]:
     return labels.index_of() if labels is not None else {}
 
 
-def new_version_id(store: SkuStore, digest: str) -> str:
+def new_version_id(store: SkuStore, digest: str, index_dir: Path) -> str:
+    """``<UTC time>-<digest prefix>``, with ``.N`` appended if that name was ever used."""
     base = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + digest[:8]
     version, n = base, 1
-    while store.client.zscore(store.keys.builds, version) is not None or \
-            store.client.exists(store.keys.manifest(version)):
+    while (store.client.zscore(store.keys.builds, version) is not None
+           or store.client.exists(store.keys.manifest(version))
+           or (index_dir / version).exists()
+           or (index_dir / f"{maintenance.TMP_PREFIX}{version}").exists()):
         n += 1
         version = f"{base}.{n}"
     return version
@@ -205,12 +209,16 @@ def measure_recall(index: VectorIndex, n: int, seed: int, k: int = 10) -> dict[s
 def write_version(runner: Runner, report: RunReport, plan: VersionPlan) -> VersionManifest:
     """index → files → redis → publish → gc for a planned version."""
     s, store = runner.settings, runner.require_store()
-    version = check_version(plan.version) if plan.version else new_version_id(store, plan.digest)
+    if plan.version:
+        version = check_version(plan.version)
+    else:
+        version = new_version_id(store, plan.digest, s.index_dir)
     if plan.version and store.get_manifest(version) is not None:
         raise ConfigError(f"version {version} is already published; choose another name")
     report.version, report.parent_version = version, plan.parent
     report.images = len(plan.items)
     report.skus = len(plan.records) + len(plan.copy_skus)
+    report.copied_skus = len(plan.copy_skus)
     with report.stage("index"):
         index = VectorIndex.build(plan.embeddings, s.index)
         report.recall = measure_recall(index, s.recall_queries, s.index.seed)

@@ -168,11 +168,11 @@ def _run(args: argparse.Namespace, settings: IndexBuilderSettings) -> int:
                 return EXIT_OK
             if args.command == "gc":
                 keep = settings.keep_versions
-                res = maintenance.gc(store, settings.index_dir, keep, dry_run=args.dry_run,
+                gcr = maintenance.gc(store, settings.index_dir, keep, dry_run=args.dry_run,
                                      progress=progress)
-                _emit(args, f"gc{' (dry run)' if args.dry_run else ''}: kept {res.kept}; "
-                      f"deleted {res.deleted_versions} ({res.deleted_keys} keys, folders "
-                      f"{res.deleted_dirs})\n", res.__dict__)
+                _emit(args, f"gc{' (dry run)' if args.dry_run else ''}: kept {gcr.kept}; "
+                      f"deleted {gcr.deleted_versions} ({gcr.deleted_keys} keys, folders "
+                      f"{gcr.deleted_dirs})\n", gcr.__dict__)
                 return EXIT_OK
             return _run_writes(args, runner)
 
@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # 8 lines about CPU features
     try:
         settings = _settings(args)
         return _run(args, settings)

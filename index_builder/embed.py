@@ -71,6 +71,10 @@ def load_row(
         reason = "missing_image" if "No such file" in str(exc) else exc.code
         return _Loaded(None, BadRow(item.source, reason, str(exc), item.sku_id))
     try:
+        if item.box is not None and (item.box[2] > img.width + 1 or item.box[3] > img.height + 1):
+            # clipping would hide a box in the wrong coordinates (another image size, or
+            # normalised values written as pixels): reject rather than index a wrong crop
+            raise ValueError(f"box {list(item.box)} exceeds the {img.width}x{img.height} image")
         img = crop_box(img, item.box)
     except ValueError as exc:
         return _Loaded(None, BadRow(item.source, "bad_box", str(exc), item.sku_id))

@@ -27,13 +27,13 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from tqdm import tqdm
 
-from service.store import KeySchema, SkuRecord
+from service.store import SKU_FIELDS, KeySchema, SkuRecord
 
 if TYPE_CHECKING:
     import redis
 
 log = logging.getLogger(__name__)
-_FIELDS = ("sku_id", "title", "tags", "category", "class_index", "image", "images")
+_FIELDS = SKU_FIELDS[:-1]  # every field but thumb, in SkuRecord.text_values() order
 _REPLIES_RE = re.compile(rb"errors:\s*(\d+),\s*replies:\s*(\d+)")
 
 
@@ -73,12 +73,10 @@ def encode_hsets(
     prefix = keys.version_prefix(version).encode()
     out: list[bytes] = []
     for rec in records:
-        h = rec.to_hash()
         key = prefix + b"{" + rec.sku_id.encode() + b"}"
         args: list[int | bytes] = [len(key), key]
-        for name in _FIELDS:
-            v = h[name]
-            b = v.encode() if isinstance(v, str) else v
+        for v in rec.text_values():
+            b = v.encode()
             args += (len(b), b)
         if rec.thumb:
             args += (len(rec.thumb), rec.thumb)

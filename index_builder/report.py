@@ -92,10 +92,11 @@ class RunReport:
         if self.recall:
             lines.append("  recall@10 vs exact: " + "  ".join(
                 f"{k} {v:.3f}" for k, v in self.recall.items()))
-        if self.stages:
-            lines.append("  stages: " + "  ".join(f"{k} {v:.2f}s" for k, v in self.stages.items())
-                         + f"   total {t:.2f}s ({self.skus / t:,.0f} SKUs/s, "
-                         f"{self.images / t:,.0f} images/s)" if t > 0 else "")
+        stages = "  ".join(f"{k} {v:.2f}s" for k, v in self.stages.items())
+        lines.append(f"  stages: {stages}   total {t:.2f}s")
+        if self.status == "ok" and t > 0:
+            lines.append(f"  throughput: {self.skus / t:,.0f} SKUs/s, {self.images / t:,.0f} "
+                         "images/s end to end")
         if self.bad:
             lines.append("  failures by reason: " + ", ".join(
                 f"{k} {v}" for k, v in self.failures_by_reason().items()))

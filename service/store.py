@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -126,18 +127,15 @@ class SkuRecord:
 
     def to_hash(self) -> dict[str, str | bytes]:
         """Field → value as written to Redis (``thumb`` only when there is one)."""
-        out: dict[str, str | bytes] = {
-            "sku_id": self.sku_id,
-            "title": self.title,
-            "tags": json.dumps(list(self.tags), ensure_ascii=False),
-            "category": self.category,
-            "class_index": str(self.class_index),
-            "image": self.image,
-            "images": json.dumps(list(self.images), ensure_ascii=False),
-        }
+        out: dict[str, str | bytes] = dict(zip(SKU_FIELDS, self.text_values(), strict=False))
         if self.thumb:
             out["thumb"] = self.thumb
         return out
+
+    def text_values(self) -> tuple[str, ...]:
+        """The values of every field but ``thumb``, in :data:`SKU_FIELDS` order."""
+        return (self.sku_id, self.title, json_list(self.tags), self.category,
+                str(self.class_index), self.image, json_list(self.images))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +143,12 @@ class SkuRecord:
             "category": self.category, "class_index": self.class_index, "image": self.image,
             "images": list(self.images), "thumb": self.thumb,
         }
+
+
+def json_list(values: Sequence[str]) -> str:
+    """``json.dumps(list(values), ensure_ascii=False)``, 5x faster (bulk writes call it twice
+    per SKU)."""
+    return "[" + ", ".join(map(encode_basestring, values)) + "]"
 
 
 def decode_sku_hash(raw: dict[Any, Any]) -> dict[str, Any] | None:
@@ -203,7 +207,7 @@ class VersionManifest(BaseModel):
 @dataclass(frozen=True, slots=True)
 class VersionInfo:
     version: str
-    state: Literal["current", "published", "unpublished"]
+    state: Literal["current", "published", "retired", "unfinished"]
     started_at: float | None
     manifest: VersionManifest | None
 
@@ -255,7 +259,9 @@ class SkuStore:
         return [_text(v) or "" for v in self.client.lrange(self.keys.history, 0, -1)]
 
     def list_versions(self) -> list[VersionInfo]:
-        """Every version the store knows (published or started), newest first."""
+        """Every version the store knows, newest first: ``current``; ``published`` (in the
+        history: a rollback target until gc); ``retired`` (rolled away from, still has its
+        manifest); ``unfinished`` (writing started, never published: crash debris)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.current)
         pipe.lrange(self.keys.history, 0, -1)
@@ -271,8 +277,9 @@ class SkuStore:
         out = []
         for v, raw in zip(ordered, pipe.execute(), strict=True):
             manifest = None if raw is None else VersionManifest.model_validate_json(raw)
-            state: Literal["current", "published", "unpublished"] = (
-                "current" if v == current else "published" if v in history else "unpublished"
+            state: Literal["current", "published", "retired", "unfinished"] = (
+                "current" if v == current else "published" if v in history
+                else "retired" if manifest is not None else "unfinished"
             )
             out.append(VersionInfo(v, state, started.get(v), manifest))
         out.sort(key=lambda i: (i.started_at or 0.0), reverse=True)

@@ -73,21 +73,22 @@ def write_image(path: Path, seed: int, size: int = 40) -> Path:
     return path
 
 
-def sku_row(i: int, image: str, **kw: Any) -> dict[str, Any]:
-    row = {"image": image, "sku_id": f"SKU-{i:03d}", "title": f"Product {i}",
-           "tags": [f"t{i % 3}", "demo"], "category": f"cat-{i % 4}"}
+def sku_row(sku_id: str, image: str, **kw: Any) -> dict[str, Any]:
+    n = sum(map(ord, sku_id))
+    row = {"image": image, "sku_id": sku_id, "title": f"Product {sku_id}",
+           "tags": [f"t{n % 3}", "demo"], "category": f"cat-{n % 4}"}
     row.update(kw)
     return row
 
 
-def make_catalog(root: Path, n_skus: int = 10, images_per_sku: int = 2,
+def make_catalog(root: Path, sku_ids: list[str], images_per_sku: int = 2,
                  name: str = "catalog.jsonl", seed0: int = 0) -> tuple[Path, list[dict[str, Any]]]:
     """``root/name`` with images in ``root/images``; returns the path and its rows."""
     rows = []
-    for i in range(n_skus):
+    for i, sku in enumerate(sku_ids):
         for j in range(images_per_sku):
-            img = write_image(root / "images" / f"{i:03d}_{j}.png", seed0 + 1000 * i + j)
-            rows.append(sku_row(i, str(img.relative_to(root))))
+            img = write_image(root / "images" / f"{seed0}_{i:03d}_{j}.png", seed0 + 1000 * i + j)
+            rows.append(sku_row(sku, str(img.relative_to(root))))
     return write_manifest(root / name, rows), rows
 
 

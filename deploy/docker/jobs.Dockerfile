@@ -69,6 +69,12 @@ RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home app \
  && mkdir -p /data && chown app:app /data
 COPY --from=build /opt/venv /opt/venv
+# gpu: make the CUDA/cuDNN libraries that pip installed (site-packages/nvidia/*/lib) visible to
+# the dynamic loader, so ONNX Runtime's CUDA provider finds them without LD_LIBRARY_PATH.
+RUN if [ "$VARIANT" = "gpu" ]; then \
+        find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' > /etc/ld.so.conf.d/pip-nvidia.conf \
+        && ldconfig; \
+    fi
 USER 10001:10001
 # /data is owned by the app user in the image, so a fresh named volume mounted there is too.
 WORKDIR /data

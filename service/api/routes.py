@@ -36,7 +36,10 @@ router = APIRouter()
 
 
 def get_state(request: Request) -> ServiceState:
-    return request.app.state.service  # type: ignore[no-any-return]
+    state = getattr(request.app.state, "service", None)
+    if state is None:  # the lifespan has not run (or failed before creating the state)
+        raise Unavailable("the service is starting")
+    return state  # type: ignore[no-any-return]
 
 
 State = Annotated[ServiceState, Depends(get_state)]

@@ -1,0 +1,141 @@
+"""The FAISS wrapper: every index kind against exact search on structured data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.binary_index import BinaryCodec, auto_nlist
+from service.vector_index import (
+    ROWS_FILE,
+    BinarySpec,
+    IndexSpec,
+    VectorIndex,
+    exact_search,
+    load_version_index,
+    recall_at_k,
+    write_rows,
+)
+
+
+def clustered(n: int, d: int = 32, clusters: int = 20, latent: int = 6, seed: int = 0,
+              noise: float = 0.05) -> np.ndarray:
+    """Points near low-dimensional patches around cluster centres (like product embeddings:
+    categories, and within them a few directions of variation), L2-normalised.  The centres
+    and patches are fixed; ``seed`` draws the points."""
+    shape_rng = np.random.default_rng(12345)
+    centres = shape_rng.standard_normal((clusters, d))
+    bases = shape_rng.standard_normal((clusters, d, latent)) * 0.35
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(0, clusters, n)
+    x = centres[lab] + np.einsum("ndl,nl->nd", bases[lab], rng.standard_normal((n, latent)))
+    x += noise * rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x, q = clustered(4000), clustered(100, seed=1)
+    _, truth = exact_search(x, q, 10)
+    return x, q, truth
+
+
+@pytest.mark.parametrize(("factory", "floor"), [("Flat", 1.0), ("HNSW16", 0.9),
+                                                ("IVF{nlist},Flat", 0.8)])
+def test_float_recall(data, factory: str, floor: float) -> None:  # type: ignore[no-untyped-def]
+    x, q, truth = data
+    index = VectorIndex.build(x, IndexSpec(float_factory=factory, ivf_nprobe=8,
+                                           binary=BinarySpec(kind="none")))
+    scores, rows = index.search(q, 10)
+    assert scores.shape == rows.shape == (100, 10)
+    assert recall_at_k(rows, truth, 10) >= floor
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("rotation", ["random", "itq"])
+def test_binary_rerank_recall(data, kind: str, rotation: str) -> None:  # type: ignore[no-untyped-def]
+    x, q, truth = data
+    spec = IndexSpec(binary=BinarySpec(kind=kind, nbits=64, rotation=rotation, rerank=200,
+                                       nprobe=8, itq_iterations=20))
+    index = VectorIndex.build(x, spec)
+    scores, rows = index.search(q, 10, mode="binary")
+    # re-ranked with float vectors: scores are the true inner products of the rows returned
+    np.testing.assert_allclose(scores, np.einsum("nkd,nd->nk", x[rows], q), atol=1e-5)
+    assert recall_at_k(rows, truth, 10) >= 0.7
+
+
+def test_itq_quantises_better_than_random(data) -> None:  # type: ignore[no-untyped-def]
+    x = data[0]
+
+    def loss(codec: BinaryCodec) -> float:
+        v = (x - codec.mean) @ codec.projection
+        return float(np.mean((np.sign(v) - v / np.abs(v).mean()) ** 2))
+
+    itq = BinaryCodec.fit(x, BinarySpec(nbits=32, rotation="itq", itq_iterations=30))
+    rnd = BinaryCodec.fit(x, BinarySpec(nbits=32, rotation="random"))
+    assert itq.encode(x[:5]).shape == (5, 4) and itq.encode(x[:5]).dtype == np.uint8
+    assert loss(itq) < loss(rnd)
+
+
+def test_every_vector_is_its_own_nearest_neighbour(data) -> None:  # type: ignore[no-untyped-def]
+    x = data[0][:500]
+    index = VectorIndex.build(x, IndexSpec(float_factory="HNSW16",
+                                           binary=BinarySpec(kind="hnsw", nbits=64)))
+    for mode in ("float", "binary", "exact"):
+        _, rows = index.search(x, 1, mode=mode)  # type: ignore[arg-type]
+        assert (rows[:, 0] == np.arange(len(x))).mean() > 0.99, mode
+
+
+def test_k_larger_than_index_pads(data) -> None:  # type: ignore[no-untyped-def]
+    x = data[0][:5]
+    index = VectorIndex.build(x, IndexSpec(binary=BinarySpec(kind="flat", nbits=16)))
+    for mode in ("float", "binary", "exact"):
+        scores, rows = index.search(x[:2], 8, mode=mode)  # type: ignore[arg-type]
+        assert rows.shape == (2, 8)
+        assert sorted(rows[0, :5].tolist()) == list(range(5))
+        assert (rows[:, 5:] == -1).all() and np.isneginf(scores[:, 5:]).all()
+
+
+def test_save_load_round_trip(tmp_path: Path, data) -> None:  # type: ignore[no-untyped-def]
+    x, q, _ = data
+    spec = IndexSpec(float_factory="IVF{nlist},Flat", binary=BinarySpec(kind="ivf", nbits=64))
+    built = VectorIndex.build(x, spec)
+    names = built.save(tmp_path)
+    write_rows(tmp_path / ROWS_FILE, ({"sku_id": f"S{i // 2}", "image": f"/i/{i}.jpg",
+                                       "category": "c"} for i in range(len(x))))
+    loaded, rows = load_version_index(tmp_path)
+    assert set(names) <= {p.name for p in tmp_path.iterdir()}
+    assert rows.sku_ids[3] == "S1" and rows.images[3] == "/i/3.jpg" and len(rows) == len(x)
+    assert isinstance(loaded.embeddings, np.memmap)
+    for mode in ("float", "binary"):
+        a, b = built.search(q, 10, mode=mode), loaded.search(q, 10, mode=mode)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(a[1], b[1])
+    assert json.loads((tmp_path / "index_spec.json").read_text())["float_factory"] == \
+        "IVF{nlist},Flat"
+
+
+def test_row_map_mismatch_is_an_error(tmp_path: Path, data) -> None:  # type: ignore[no-untyped-def]
+    VectorIndex.build(data[0][:10], IndexSpec(binary=BinarySpec(kind="none"))).save(tmp_path)
+    write_rows(tmp_path / ROWS_FILE, [{"sku_id": "a", "image": "x"}])
+    with pytest.raises(ValueError, match="rows"):
+        load_version_index(tmp_path)
+
+
+def test_bad_inputs() -> None:
+    x = clustered(50)
+    with pytest.raises(ValueError, match="factory"):
+        VectorIndex.build(x, IndexSpec(float_factory="NoSuchIndex"))
+    with pytest.raises(ValueError, match="at least"):
+        VectorIndex.build(x, IndexSpec(float_factory="IVF100,Flat"))
+    index = VectorIndex.build(x, IndexSpec(binary=BinarySpec(kind="none")))
+    with pytest.raises(ValueError, match="binary"):
+        index.search(x[:1], 1, mode="binary")
+    with pytest.raises(ValueError, match="dimension"):
+        index.search(np.zeros((1, 3), np.float32), 1)
+    with pytest.raises(ValueError):
+        BinarySpec(nbits=12)
+    assert auto_nlist(100) == 2 and auto_nlist(1_000_000) == 4000
