@@ -235,7 +235,7 @@ def _index_bytes(index: VectorIndex, mode: str) -> int:
     return int(faiss.serialize_index(index.float_index).nbytes)
 
 
-def bench_faiss(n: int, d: int, nq: int, hnsw_float_max: int) -> None:
+def bench_faiss(n: int, d: int, nq: int, hnsw_float_max: int, only: str = "") -> None:
     say(f"### FAISS at {n:,} × {d}-d clustered vectors, {nq} held-out queries, k = 10")
     t0 = time.perf_counter()
     x, q = clustered(n, d, seed=1), clustered(nq, d, seed=2)
@@ -250,6 +250,8 @@ def bench_faiss(n: int, d: int, nq: int, hnsw_float_max: int) -> None:
     say("|---|---:|---:|---:|---:|---:|")
     res: dict[str, Any] = {}
     for label, factory, binary in configs:
+        if only and only not in label:
+            continue
         if factory == "HNSW32" and n > hnsw_float_max:
             say(f"| {label} | skipped | | | | |")
             continue
@@ -288,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--hnsw-float-max", type=int, default=200_000,
                    help="skip the float HNSW build above this size (~8 min at 1M here)")
+    p.add_argument("--only", default="", help="FAISS: only configurations whose label has this")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     sections = set(args.sections.split(","))
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         say()
     if "faiss" in sections:
         for n in (int(s) for s in args.faiss_sizes.split(",")):
-            bench_faiss(n, args.dim, args.queries, args.hnsw_float_max)
+            bench_faiss(n, args.dim, args.queries, args.hnsw_float_max, args.only)
             say()
     if args.json:
         args.json.write_text(json.dumps(RESULTS, indent=2))

@@ -95,8 +95,8 @@ def decode_image(
             if draft_size and fmt == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return _to_rgb(img)
+            oriented: Image.Image = ImageOps.exif_transpose(img) or img
+            return _to_rgb(oriented)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

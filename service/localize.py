@@ -201,7 +201,7 @@ def decode(
     heat = np.asarray(heatmap, dtype=np.float32).reshape(heatmap.shape[-2:])
     reg = np.asarray(ltrb, dtype=np.float32)
     if reg.shape != (4, *heat.shape):
-        raise ValueError(f"ltrb must be (4, {heat.shape[0]}, {heat.shape[1]}), got {reg.shape}")
+        raise ValueError(f"ltrb must be (4, *{heat.shape}), got {reg.shape}")
     mask = _local_peaks(heat, cfg.peak_kernel) & (heat >= cfg.score_threshold)
     ys, xs = np.nonzero(mask)
     scores = heat[ys, xs]

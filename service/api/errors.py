@@ -89,7 +89,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = STATUS_CODES.get(exc.status_code, "http_error")
-        return error_response(request, exc.status_code, code, str(exc.detail), exc.headers)
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(request, exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from service.api.metrics import Metrics
 from service.api.settings import ServiceSettings
@@ -64,7 +67,7 @@ class ServiceState:
             self.problems["models"] = str(exc)
             log.error("models not loaded: %s", exc)
             return
-        run = sicot.model.run
+        run: Callable[[np.ndarray], dict[str, np.ndarray]]
         if s.batching:
             self.batcher = MicroBatcher(
                 sicot.model.run, max_batch=s.batch_max_size, max_wait_ms=s.batch_max_wait_ms,
@@ -72,7 +75,7 @@ class ServiceState:
             )
             run = self.batcher
         else:
-            def run_counted(x: Any) -> Any:
+            def run_counted(x: np.ndarray) -> dict[str, np.ndarray]:
                 self.metrics.batch_size.observe(x.shape[0])
                 return sicot.model.run(x)
 
