@@ -5,8 +5,8 @@ cropped to their true box (+10 %).
 
 Budget (the defaults; ~75 min on 2 shared CPU cores for everything):
 * EfficientNet-Lite0 (ImageNet) at 112 px, stem + blocks 0-13 frozen.  The frozen trunk's
-  block-14 input maps (192x4x4) are computed ONCE (ONNX Runtime) for V=3 views of every
-  training image: the clean image and 2 views with random resized crop + the style-breaking
+  block-14 input maps (192x4x4) are computed ONCE (ONNX Runtime) for V=4 views of every
+  training image: the clean image and 3 views with random resized crop + the style-breaking
   augmentation of training.augment, stored float16 (training.trunk_cache).
 * Every variant trains blocks 14-15 + head conv + projection + classifier (+ text stream) on
   that cache: same seed, same data order, same schedule (SGD, cosine, warm-up), feature
@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     p.add_argument("--input-size", type=int, default=112)
     p.add_argument("--freeze-blocks", type=int, default=14, help="trunk = stem + blocks[:K]")
-    p.add_argument("--views", type=int, default=3, help="cached views per image (1 clean + V-1)")
+    p.add_argument("--views", type=int, default=4, help="cached views per image (1 clean + V-1)")
     p.add_argument("--style", type=float, default=1.0, help="style-breaker strength (augment)")
     p.add_argument("--strength", type=float, default=1.0, help="photometric/affine strength")
     p.add_argument("--erasing", type=float, default=0.25, help="random erasing probability")
@@ -100,6 +100,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads while training")
     p.add_argument("--trunk-engine", choices=["ort", "torch"], default="ort")
     p.add_argument("--no-export", action="store_true", help="skip the artifact export")
+    p.add_argument("--deadline-min", type=float, default=75.0,
+                   help="skip the remaining variants (recorded) when the next one would end "
+                   "after this many minutes of wall time (0 = never)")
     return p.parse_args(argv)
 
 
@@ -249,10 +252,31 @@ def main(argv: list[str] | None = None) -> int:
     caches, info = build_caches(args, cfg, splits, base_model, pcfg)
     reference = refs.reference_rows(cfg, splits, caches, info, args.out / "runs")
     reps: dict[str, dict[str, Any]] = {}
-    for name in [v for v in args.variants.split(",") if v]:
+    skipped: list[str] = []
+    names = [v for v in args.variants.split(",") if v]
+    for name in names:
+        elapsed = time.perf_counter() - t_start
+        per_variant = max((r["training"]["seconds"] for r in reps.values()), default=0.0)
+        if args.deadline_min and elapsed + 1.1 * per_variant > 60 * args.deadline_min:
+            log.warning("skipping %s: %.0f min elapsed, deadline %s min", name, elapsed / 60,
+                        args.deadline_min)
+            skipped.append(name)
+            continue
         encoder, tau = VARIANTS[name]
         reps[name] = run_variant(name, encoder, tau, cfg, splits, text, caches, info, args)
+        write_all(args, argv, cfg, splits, text, info, reference, reps, {}, skipped, t_start)
     artifact = {} if args.no_export else export_best(reps, cfg, splits, pcfg, args)
+    md, wall = write_all(args, argv, cfg, splits, text, info, reference, reps, artifact, skipped,
+                         t_start)
+    sys.stdout.write(f"wrote {args.out / 'report.json'} and {md} in {wall / 60:.1f} min\n")
+    return 0
+
+
+def write_all(args: argparse.Namespace, argv: list[str] | None, cfg: TrainConfig,
+              splits: builders.Splits, text: builders.TextData, info: dict[str, Any],
+              reference: dict[str, Any], reps: dict[str, dict[str, Any]],
+              artifact: dict[str, Any], skipped: list[str], t_start: float) -> tuple[Path, float]:
+    """JSON report + Markdown (rewritten after every variant, so a cut-off run leaves both)."""
     wall = time.perf_counter() - t_start
     summary = {
         "command": "bench/emoji_eval.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -262,13 +286,11 @@ def main(argv: list[str] | None = None) -> int:
                  "head_classes": int((np.asarray(splits.labels.train_counts) >= 20).sum()),
                  "vocab": len(text.vocab)},
         "cache": {k: v for k, v in info.items() if k not in ("targets", "categories")},
-        "reference": reference, "artifact": artifact, "wall_seconds": wall,
+        "reference": reference, "artifact": artifact, "wall_seconds": wall, "skipped": skipped,
         "variants": {n: {k: v for k, v in r.items() if k != "_model"} for n, r in reps.items()},
     }
     (args.out / "report.json").write_text(json.dumps(json_safe(summary), indent=2))
-    md = write_markdown(summary, args.out / "runs", args.docs)
-    sys.stdout.write(f"wrote {args.out / 'report.json'} and {md} in {wall / 60:.1f} min\n")
-    return 0
+    return write_markdown(summary, args.out / "runs", args.docs), wall
 
 
 if __name__ == "__main__":

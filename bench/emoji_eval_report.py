@@ -70,7 +70,8 @@ def budget_section(s: dict[str, Any]) -> str:
         f"{c['dropout']} on pooled features, channel dropout {a['feature_dropout']} on the cached "
         f"maps, λ = {c['lam']}, category-head weight {c['cat_weight']}, seed {c['seed']}.",
         f"- Wall time of the whole benchmark: **{s['wall_seconds'] / 60:.1f} min** on 2 shared "
-        "CPU cores.\n",
+        "CPU cores." + (f" Variants skipped by the deadline: {', '.join(s['skipped'])}."
+                        if s.get("skipped") else "") + "\n",
         "| variant | text encoder | training τ | train img/s | train min |",
         "|---|---|---|---|---|", *rows, ""])
 

@@ -31,12 +31,13 @@ from torch import nn
 
 from service.preprocess import PreprocessConfig
 from training.models.efficientnet_lite import EfficientNetLite
+from training.models.registry import Registry
 from training.models.resnet import ResNet
 
 log = logging.getLogger(__name__)
 
 BackboneFactory = Callable[..., nn.Module]
-_REGISTRY: dict[str, BackboneFactory] = {}
+_REGISTRY: Registry[BackboneFactory] = Registry("backbone")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,18 +53,10 @@ class Backbone(Protocol):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    def deco(fn: BackboneFactory) -> BackboneFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+register_backbone = _REGISTRY.register
 
 
-def list_backbones() -> list[str]:
-    return sorted(_REGISTRY)
+list_backbones = _REGISTRY.names
 
 
 def create_backbone(
@@ -71,9 +64,7 @@ def create_backbone(
     **kwargs: Any,
 ) -> nn.Module:
     """Build backbone ``name``; see the module docstring for the keyword arguments."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
-    return _REGISTRY[name](pretrained=pretrained, weights_path=weights_path, **kwargs)
+    return _REGISTRY.get(name)(pretrained=pretrained, weights_path=weights_path, **kwargs)
 
 
 class FreezableMixin:

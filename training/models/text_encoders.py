@@ -40,33 +40,24 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from training.models.registry import Registry
 from training.models.text import PAD
 
 TextEncoderFactory = Callable[..., "TextEncoder"]
-_REGISTRY: dict[str, TextEncoderFactory] = {}
+_REGISTRY: Registry[TextEncoderFactory] = Registry("text encoder")
 
 
-def register_text_encoder(name: str) -> Callable[[TextEncoderFactory], TextEncoderFactory]:
-    def deco(fn: TextEncoderFactory) -> TextEncoderFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"text encoder {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+register_text_encoder = _REGISTRY.register
 
 
-def list_text_encoders() -> list[str]:
-    return sorted(_REGISTRY)
+list_text_encoders = _REGISTRY.names
 
 
 def create_text_encoder(
     name: str, vocab_size: int, word_dim: int, out_dim: int,
     word_vectors: np.ndarray | torch.Tensor | None = None, **kwargs: Any,
 ) -> TextEncoder:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown text encoder {name!r}; known: {', '.join(list_text_encoders())}")
-    return _REGISTRY[name](vocab_size, word_dim, out_dim, word_vectors, **kwargs)
+    return _REGISTRY.get(name)(vocab_size, word_dim, out_dim, word_vectors, **kwargs)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
