@@ -100,6 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads while training")
     p.add_argument("--trunk-engine", choices=["ort", "torch"], default="ort")
     p.add_argument("--no-export", action="store_true", help="skip the artifact export")
+    p.add_argument("--report-only", action="store_true",
+                   help="only rewrite the Markdown/plot from <out>/report.json and <out>/runs")
     p.add_argument("--deadline-min", type=float, default=75.0,
                    help="skip the remaining variants (recorded) when the next one would end "
                    "after this many minutes of wall time (0 = never)")
@@ -239,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("gensim").setLevel(logging.WARNING)
     t_start = time.perf_counter()
+    if args.report_only:
+        summary = json.loads((args.out / "report.json").read_text())
+        sys.stdout.write(f"wrote {write_markdown(summary, args.out / 'runs', args.docs)}\n")
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     ensure_data(args)
     torch.set_num_threads(args.threads)

@@ -64,7 +64,7 @@ def train_linear(x: np.ndarray, y: np.ndarray, num_classes: int, *, epochs: int 
 
 def _write_run(runs_dir: Path, name: str, logits: dict[str, np.ndarray],
                targets: dict[str, np.ndarray], cfg: TrainConfig, splits: Splits,
-               extra: dict[str, Any]) -> dict[str, Any]:
+               extra: dict[str, Any], taus: list[float]) -> dict[str, Any]:
     lm = splits.labels
     run_dir = runs_dir / name
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def _write_run(runs_dir: Path, name: str, logits: dict[str, np.ndarray],
         np.savez_compressed(run_dir / "eval" / f"{split}.npz", sku_logits=logits[split],
                             labels=targets[split], train_counts=np.asarray(lm.train_counts))
         evaluation[split] = evaluate_outputs(logits[split], targets[split], lm.train_counts,
-                                             sku_category=lm.sku_category, taus=cfg.eval_taus)
+                                             sku_category=lm.sku_category, taus=taus)
     rep = {"name": name, "text_encoder": None, "evaluation": evaluation, **extra}
     (run_dir / "report.json").write_text(json.dumps(json_safe(rep), indent=2))
     return rep
@@ -94,9 +94,11 @@ def reference_rows(cfg: TrainConfig, splits: Splits, caches: dict[str, np.ndarra
         lin = {s: layer(torch.from_numpy((feats[s] - mean) / std).float()).numpy() for s in SPLITS}
     out = {
         "ref_knn": _write_run(runs_dir, "ref_knn", knn, targets, cfg, splits,
-                              {"method": "nearest catalog image, cosine, frozen ImageNet features"}),
+                              {"method": "nearest catalog image, cosine, frozen ImageNet features"},
+                              [0.0]),  # similarities are no logits: no logit adjustment
         "ref_linear": _write_run(runs_dir, "ref_linear", lin, targets, cfg, splits,
-                                 {"method": "linear classifier on frozen ImageNet features"}),
+                                 {"method": "linear classifier on frozen ImageNet features"},
+                                 list(cfg.eval_taus)),
     }
     for rep in out.values():
         rep["seconds"] = time.perf_counter() - t0 if rep["name"] == "ref_linear" else t_knn
