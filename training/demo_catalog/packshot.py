@@ -166,7 +166,7 @@ def _draw_extra(img: Image.Image, pack: RoundPack, spec: SkuSpec, h: int) -> Ima
     cap = spec.brand.secondary
     if pack.extra == "valve":  # aroma valve and tear notch of a coffee pouch
         r = 0.022 * h
-        x, y = cx + 0.18 * h, top + 0.12 * h
+        x, y = cx + 0.22 * h, top + 0.085 * h
         draw.ellipse(
             (x - r, y - r, x + r, y + r),
             fill=(225, 225, 225, 255),

@@ -118,7 +118,12 @@ class LocalizerNet(nn.Module):
 
     def forward_raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(heatmap logits (N,1,h,w), log-ltrb (N,4,h,w))."""
-        c8, c16 = self.features(x)
+        return self.forward_head(*self.features(x))
+
+    def forward_head(
+        self, c8: torch.Tensor, c16: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Neck + heads on the backbone's stride-8/16 maps (raw outputs, as forward_raw)."""
         p = self.lat8(c8) + F.interpolate(self.lat16(c16), size=c8.shape[-2:], mode="nearest")
         p = self.smooth(p)
         return self.heat_head(p), self.box_head(p).clamp(max=LTRB_MAX_LOG)

@@ -34,6 +34,7 @@ from training.localizer.export import write_localizer_artifact
 from training.localizer.model import STRIDE, build_localizer
 from training.localizer.synth import SceneConfig, render_scene
 from training.localizer.targets import localizer_loss, make_targets
+from training.localizer.trunk import OrtTrunk
 from training.models.backbones import create_backbone
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class TrainConfig:
     name: str = "localizer"
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
-    freeze_blocks: int = 3
+    freeze_blocks: int = -1  # whole trunk frozen: it then runs in ONNX Runtime (trunk.py)
     input_size: int = 160
     neck_channels: int = 64
     steps: int = 3000
@@ -151,7 +152,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
                         persistent_workers=cfg.workers > 0)
     limit_s = cfg.time_limit_min * 60 if cfg.time_limit_min else None
+    trunk = OrtTrunk(model.features, cfg.input_size, cfg.threads) if cfg.freeze_blocks == -1 else None
     model.train()
+    model.to(memory_format=torch.channels_last)  # ~1.5x faster depthwise convs on CPU
     start, step, stats = time.monotonic(), 0, {"heat": 0.0, "giou": 0.0}
     for x, heat_t, box_t, weight in loader:
         elapsed = time.monotonic() - start
@@ -160,7 +163,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             break
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * _lr_factor(step, progress, cfg.warmup_steps)
-        heat, log_ltrb = model.forward_raw(x)
+        if trunk is not None:
+            heat, log_ltrb = model.forward_head(*trunk(x))
+        else:
+            heat, log_ltrb = model.forward_raw(x.contiguous(memory_format=torch.channels_last))
         loss, parts = localizer_loss(heat, log_ltrb, heat_t, box_t, weight, STRIDE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -173,10 +179,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                      stats["giou"], step * cfg.batch_size / max(elapsed, 1e-9))
     train_s = time.monotonic() - start
     model.eval()
+    model.to(memory_format=torch.contiguous_format)
     summary: dict[str, Any] = {
         "steps": step, "images_seen": step * cfg.batch_size, "train_minutes": round(train_s / 60, 2),
         "loss_heat": round(stats["heat"], 4), "loss_giou": round(stats["giou"], 4),
         "train_sources": len(cutouts), "val_sources": len(val_cutouts),
+        "images_per_s": round(step * cfg.batch_size / max(train_s, 1e-9), 1),
     }
     checkpoint = {"state_dict": model.state_dict(), "config": _jsonable(cfg), "step": step}
     write_localizer_artifact(cfg.out, model, name=cfg.name, backbone=cfg.backbone,
