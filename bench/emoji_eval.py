@@ -91,13 +91,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--erasing", type=float, default=0.25, help="random erasing probability")
     p.add_argument("--crop-scale-min", type=float, default=0.35)
     p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--feature-dropout", type=float, default=0.1, help="on cached maps")
     p.add_argument("--dropout", type=float, default=0.3, help="on pooled features")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch threads while training")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads while training (1: on shared cores 2 threads ran 4x "
+                   "slower, OpenMP barriers wait for the descheduled thread)")
     p.add_argument("--trunk-engine", choices=["ort", "torch"], default="ort")
     p.add_argument("--no-export", action="store_true", help="skip the artifact export")
     p.add_argument("--report-only", action="store_true",
@@ -173,6 +175,12 @@ def build_caches(args: argparse.Namespace, cfg: TrainConfig, splits: builders.Sp
                  "images_per_s": (runner.images - n0) / max(secs, 1e-9),
                  "bytes": int(sum(c.nbytes for c in caches.values())),
                  "train_map_shape": list(caches["train"].shape)})
+    sidecar = args.out / f"cache-info-{key}-v{args.views}.json"
+    if info["images"] == 0 and sidecar.is_file():  # all reused: report how they were built
+        info.update({**json.loads(sidecar.read_text()), "reused": True})
+    elif info["images"]:
+        keys = ("seconds", "images", "images_per_s", "bytes", "train_map_shape")
+        sidecar.write_text(json.dumps({k: info[k] for k in keys}))
     info["targets"] = {n: ds.targets.numpy() for n, ds in sets.items()}
     info["categories"] = sets["train"].categories
     return caches, info
@@ -229,7 +237,7 @@ def export_best(reps: dict[str, dict[str, Any]], cfg: TrainConfig, splits: build
 
     out_json = args.out / "artifact_queries_eval.json"
     sku_eval(["--artifact", str(path), "--manifest", str(cfg.query_manifest), "--crop-to-box",
-              "--threads", "2", "--out", str(out_json)])
+              "--threads", "1", "--out", str(out_json)])
     e2e = json.loads(out_json.read_text())
     return {"variant": name, "path": str(path), "onnx_queries_top1": e2e["top1"],
             "onnx_queries_top3": e2e["top3"],

@@ -69,8 +69,9 @@ def budget_section(s: dict[str, Any]) -> str:
         f"{c['warmup_epochs']} epoch warm-up, weight decay {c['weight_decay']}, dropout "
         f"{c['dropout']} on pooled features, channel dropout {a['feature_dropout']} on the cached "
         f"maps, λ = {c['lam']}, category-head weight {c['cat_weight']}, seed {c['seed']}.",
-        f"- Wall time of the whole benchmark: **{s['wall_seconds'] / 60:.1f} min** on 2 shared "
-        "CPU cores." + (f" Variants skipped by the deadline: {', '.join(s['skipped'])}."
+        f"- Wall time: **{s['wall_seconds'] / 60:.1f} min** for this invocation on 2 shared CPU "
+        "cores" + (f" (the trunk cache was reused; building it took {cache['seconds'] / 60:.1f} "
+                   f"min more: {cache.get('note', '')})" if cache.get("reused") else "") + "." + (f" Variants skipped by the deadline: {', '.join(s['skipped'])}."
                         if s.get("skipped") else "") + "\n",
         "| variant | text encoder | training τ | train img/s | train min |",
         "|---|---|---|---|---|", *rows, ""])
@@ -99,11 +100,12 @@ def write_markdown(s: dict[str, Any], runs_dir: Path, docs: Path) -> Path:
                                if not ln.startswith("| ref_knn + ")))
         if base is not None and ablation:
             parts.append("### Text-encoder ablation (paper Table 3, all with λ = 1)\n")
-            parts.append(ablation_table(base, ablation, split))
+            parts.append(ablation_table(base, [r for r in (main, *ablation) if r], split))
         parts.append("### Post-hoc logit adjustment sweep: top-1 overall / tail\n")
         parts.append(tau_table([*runs.values(), refs[1]], split))
     if base is not None and main is not None:
-        png = plot_per_class([base, main], "queries", docs / PLOT,
+        plotted = [r for r in (base, main, runs.get("sicot_la")) if r is not None]
+        png = plot_per_class(plotted, "queries", docs / PLOT,
                              title="per-class top-1 on query crops vs training images")
         if png is not None:
             parts.append(f"![per-class accuracy, baseline vs SICoT]({PLOT})\n")
@@ -117,7 +119,9 @@ def write_markdown(s: dict[str, Any], runs_dir: Path, docs: Path) -> Path:
                      f"(top-3 {_f(art['onnx_queries_top3'])}) vs {_f(art['cached_queries_top1'])} "
                      "through the cached trunk.\n")
     parts.append("## Reproduce\n")
-    parts.append(f"```\n.venv/bin/python {s['command']}\n```\n")
+    parts.append("Defaults = the budget above; the data set is materialized first if "
+                 "`--data` lacks it (`materialize.py --out /tmp/emoji-full --jobs 2`, ~5 min).\n")
+    parts.append(f"```\n.venv/bin/python {s['command'].strip()}\n```\n")
     notes = docs / "emoji-catalog-notes.md"
     if notes.is_file():
         parts.append(notes.read_text())

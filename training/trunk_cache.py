@@ -87,7 +87,7 @@ def _encode_from_cache(model: SICoTModel, k: int) -> Iterator[None]:
     def encode(fmap: torch.Tensor) -> torch.Tensor:
         return model.proj(model.dropout(tail_features(model.backbone, k, fmap)))
 
-    model.encode_image = encode  # type: ignore[method-assign]
+    model.encode_image = encode  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
@@ -219,7 +219,8 @@ def train_on_cache(model: SICoTModel, cache: np.ndarray, labels: torch.Tensor,
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         g = np.random.default_rng((cfg.seed, epoch))
-        order, view_of = g.permutation(n), g.integers(0, views, n)
+        order = g.permutation(n)
+        view_of: np.ndarray = np.asarray(g.integers(0, views, size=n))
         sums: dict[str, float] = {}
         for s in tqdm(range(spe), desc=f"{desc} {epoch + 1}/{cfg.epochs}", mininterval=10):
             idx = np.sort(order[s * cfg.batch_size:(s + 1) * cfg.batch_size])
@@ -240,7 +241,7 @@ def train_on_cache(model: SICoTModel, cache: np.ndarray, labels: torch.Tensor,
             res.images += len(idx)
         if not math.isfinite(sums.get("total", 0.0)):
             raise FloatingPointError(f"{desc}: loss is not finite in epoch {epoch + 1}")
-        res.history.append({"epoch": epoch + 1, "lr": sched.get_last_lr()[0],
+        res.history.append({"epoch": epoch + 1, "lr": float(sched.get_last_lr()[0]),
                             **{key: v / spe for key, v in sums.items()}})
         log.info("%s epoch %d: %s", desc, epoch + 1, res.history[-1])
     res.seconds = time.perf_counter() - t0

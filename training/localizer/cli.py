@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="random init (tests); default loads the backbone's ImageNet weights")
     p.add_argument("--freeze-blocks", type=int, default=d.freeze_blocks,
-                   help="freeze the stem and this many backbone blocks; -1: the whole trunk "
-                   "(it then runs in ONNX Runtime during training, ~10x faster on CPU)")
+                   help="freeze the stem and this many backbone blocks; -1 (or all the blocks the "
+                   "localizer uses: 11 for efficientnet_lite0): the trunk then runs in ONNX "
+                   "Runtime during training, ~10x faster on CPU")
     p.add_argument("--input-size", type=int, default=d.input_size,
                    help="square input side (a multiple of 16)")
     p.add_argument("--neck-channels", type=int, default=d.neck_channels)

@@ -48,7 +48,7 @@ class TrainConfig:
     name: str = "localizer"
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
-    freeze_blocks: int = -1  # whole trunk frozen: it then runs in ONNX Runtime (trunk.py)
+    freeze_blocks: int = -1  # trunk fully frozen (-1, or >= its blocks): runs in ONNX Runtime
     input_size: int = 160
     neck_channels: int = 64
     steps: int = 3000
@@ -152,7 +152,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
                         persistent_workers=cfg.workers > 0)
     limit_s = cfg.time_limit_min * 60 if cfg.time_limit_min else None
-    trunk = OrtTrunk(model.features, cfg.input_size, cfg.threads) if cfg.freeze_blocks == -1 else None
+    trunk_frozen = not any(p.requires_grad for p in model.features.parameters())
+    trunk = OrtTrunk(model.features, cfg.input_size, cfg.threads) if trunk_frozen else None
     model.train()
     model.to(memory_format=torch.channels_last)  # ~1.5x faster depthwise convs on CPU
     start, step, stats = time.monotonic(), 0, {"heat": 0.0, "giou": 0.0}

@@ -1,6 +1,6 @@
 """A frozen backbone trunk run by ONNX Runtime during training.
 
-With the whole trunk frozen (``freeze_blocks=-1``), eager torch spends most of a training step
+With every block up to stride 16 frozen (``freeze_blocks=-1``, or >= 11 for Lite0), eager torch spends most of a training step
 in the trunk's forward (~40 ms per 160 px image on a shared CPU core, measured) although no
 gradient flows through it; ONNX Runtime computes the same maps ~10x faster. Only the neck and
 heads train in torch; the exported artifact still holds one graph (trunk + head, from torch).
