@@ -1,0 +1,72 @@
+"""Markdown tables of an online-path evaluation (:mod:`training.online_eval`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _sku_rows(sku: dict[str, dict[str, float]]) -> list[str]:
+    rows = ["| recognized image | top-1 | top-3 | head top-1 | tail top-1 | head top-3 | tail top-3 |",
+            "|---|---|---|---|---|---|---|"]
+    for name, m in sku.items():
+        rows.append(f"| {name} | {m['top1']:.1f} | {m['top3']:.1f} | {m['head_top1']:.1f} | "
+                    f"{m['tail_top1']:.1f} | {m['head_top3']:.1f} | {m['tail_top3']:.1f} |")
+    return rows
+
+
+def _category_rows(cat: dict[str, dict[str, float]], weight: float) -> list[str]:
+    rows = [f"| view | model | search vote (k=30) | fusion (w={weight}) |", "|---|---|---|---|"]
+    for view, m in cat.items():
+        rows.append(f"| {view} | {m['model']:.1f} | {m['vote']:.1f} | {m['fused']:.1f} |")
+    return rows
+
+
+def markdown(report: dict[str, Any], command: str) -> str:
+    q = report["queries"]
+    loc = report["localization"]
+    lines = [
+        "# Online path on full query photos",
+        "",
+        f"SICoT artifact `{report['sicot']}`, localizer `{report['localizer']}`. "
+        f"{q['total']} queries: {q['validation']} choose the fusion weight, the tables report "
+        f"the other {q['test']}.",
+        "",
+        "Reproduce:",
+        "",
+        f"    {command}",
+        "",
+        "## SKU recognition (%, test half)",
+        "",
+        *_sku_rows(report["sku"]),
+        "",
+        "## Category accuracy (%, test half)",
+        "",
+        *_category_rows(report["category"], report["fusion_weight"]),
+        "",
+        "Fusion weight sweep on the validation half (category accuracy of the fused "
+        "prediction on the predicted crop, weight = share of the search vote): "
+        + ", ".join(f"{w}: {a}" for w, a in report["fusion_sweep_validation"].items()),
+        "",
+        "## Localization (test half)",
+        "",
+        "| mean IoU of the main box | IoU >= 0.5 | recall@0.5 | no detection | detections/photo |",
+        "|---|---|---|---|---|",
+        f"| {loc.get('main_iou_mean', 0):.3f} | {100 * loc.get('main_iou50', 0):.1f} % | "
+        f"{100 * loc.get('recall50', 0):.1f} % | {100 * loc.get('no_detection', 0):.1f} % | "
+        f"{loc.get('detections_mean', 0):.2f} |",
+        "",
+        "## Latency per stage (median ms, batch 1, ONNX Runtime, this CPU)",
+        "",
+        "| " + " | ".join(report["latency_ms"]) + " |",
+        "|" + "---|" * len(report["latency_ms"]),
+        "| " + " | ".join(f"{v:.1f}" for v in report["latency_ms"].values()) + " |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_markdown(report: dict[str, Any], path: Path, argv: list[str]) -> None:
+    command = ".venv/bin/python -m training.online_eval " + " ".join(argv)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown(report, command))
