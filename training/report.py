@@ -210,8 +210,8 @@ def run_markdown(run: Run) -> str:
         parts.append(variants_table([run], split, taus=[r["tau"] for r in res.get("tau_sweep", [])
                                                         if r["tau"] > 0]))
         if "category_top1" in res:
-            parts.append(f"Category top-1: {_f(res['category_top1'])} (head), "
-                         f"{_f(res.get('category_from_sku_top1'))} (from the top SKU)\n")
+            parts.append(f"Category top-1: {_f(res['category_top1'])} (category head), "
+                         f"{_f(res.get('category_from_sku_top1'))} (category of the top SKU)\n")
     hist = rep.get("training", {}).get("history", [])
     if hist:
         keys = [k for k in ("epoch", "loss", "visual", "mixed", "lr", "images_per_s",
