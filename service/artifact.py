@@ -136,9 +136,10 @@ class OnnxModel:
         opts.intra_op_num_threads = runtime.intra_op_threads
         opts.inter_op_num_threads = runtime.inter_op_threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if "CUDAExecutionProvider" in runtime.providers and hasattr(ort, "preload_dlls"):
-            ort.preload_dlls()  # CUDA/cuDNN from the pip wheels of the `gpu` extra
         available = set(ort.get_available_providers())
+        wants_cuda = "CUDAExecutionProvider" in runtime.providers
+        if wants_cuda and "CUDAExecutionProvider" in available and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA/cuDNN from the pip wheels of the `gpu` extra
         providers = [p for p in runtime.providers if p in available] or ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self.input_name = self.session.get_inputs()[0].name

@@ -81,8 +81,9 @@ class OnnxRuntimeSettings(BaseModel):
     """How ONNX Runtime sessions are created (service and index builder)."""
 
     providers: list[str] = Field(
-        default_factory=lambda: ["CPUExecutionProvider"],
-        description="in order of preference; CUDAExecutionProvider needs the `gpu` extra",
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="in order of preference; those the installed build lacks are skipped, so "
+        "CUDA is used when the `gpu` extra is installed and a GPU is visible, else the CPU",
     )
     intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
     inter_op_threads: int = Field(1, ge=0)

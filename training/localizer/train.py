@@ -31,7 +31,7 @@ from training.data import load_items
 from training.localizer.cutout import load_cutouts
 from training.localizer.evaluate import evaluate_images
 from training.localizer.export import write_localizer_artifact
-from training.localizer.model import STRIDE, build_localizer
+from training.localizer.model import STRIDE, LocalizerNet, build_localizer
 from training.localizer.synth import SceneConfig, render_scene
 from training.localizer.targets import localizer_loss, make_targets
 from training.localizer.trunk import OrtTrunk
@@ -113,7 +113,7 @@ def _lr_factor(step: int, progress: float, warmup: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+def _param_groups(model: LocalizerNet, cfg: TrainConfig) -> list[dict[str, Any]]:
     back = [p for p in model.features.parameters() if p.requires_grad]
     back_ids = {id(p) for p in back}
     head = [p for p in model.parameters() if p.requires_grad and id(p) not in back_ids]
@@ -155,7 +155,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     trunk_frozen = not any(p.requires_grad for p in model.features.parameters())
     trunk = OrtTrunk(model.features, cfg.input_size, cfg.threads) if trunk_frozen else None
     model.train()
-    model.to(memory_format=torch.channels_last)  # ~1.5x faster depthwise convs on CPU
+    # channels_last: ~1.5x faster depthwise convs on CPU when the trunk trains in torch
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     start, step, stats = time.monotonic(), 0, {"heat": 0.0, "giou": 0.0}
     for x, heat_t, box_t, weight in loader:
         elapsed = time.monotonic() - start
@@ -180,7 +181,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                      stats["giou"], step * cfg.batch_size / max(elapsed, 1e-9))
     train_s = time.monotonic() - start
     model.eval()
-    model.to(memory_format=torch.contiguous_format)
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     summary: dict[str, Any] = {
         "steps": step, "images_seen": step * cfg.batch_size, "train_minutes": round(train_s / 60, 2),
         "loss_heat": round(stats["heat"], 4), "loss_giou": round(stats["giou"], 4),
