@@ -74,7 +74,7 @@ class OnlineConfig:
 
     margin: float = 0.1
     search_k: int = 30
-    fusion_weight: float = 0.5  # share of the search vote in the category fusion
+    fusion_weight: float = 0.7  # share of the search vote in the category fusion
     vote_temperature: float = 0.1  # category vote: softmax temperature over cosine sims
     index_temperature: float = 0.03  # SKU index check: sharp, a near-duplicate should decide
     category_top_n: int | None = 3

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from training.localizer.cli import main as train_localizer
 from training.online_eval import main
+from training.online_report import NOTES_MARKER
+from training.online_report import main as render
 
 
 def test_online_eval_reports_every_table(demo_catalog: Path, tiny_artifact: Path, tmp_path):
@@ -40,3 +42,7 @@ def test_online_eval_reports_every_table(demo_catalog: Path, tiny_artifact: Path
     assert {"decode", "localize", "recognize", "search", "fuse"} <= set(report["latency_ms"])
     text = docs.read_text()
     assert "## SKU recognition" in text and "training.online_eval" in text
+    # re-rendering from report.json keeps the hand-written notes under the marker
+    docs.write_text(text + "my note\n")
+    assert render([str(tmp_path / "eval" / "report.json"), str(docs)]) == 0
+    assert docs.read_text().endswith(NOTES_MARKER + "\nmy note\n")

@@ -40,6 +40,7 @@ from service.recognizer import IndexSnapshot, OnlineConfig, Recognizer
 from service.vector_index import IndexSpec, VectorIndex
 from training.data import load_items
 from training.localizer.evaluate import score_image, summarize, true_boxes
+from training.online_report import write_markdown
 
 log = logging.getLogger(__name__)
 VIEWS = ("whole", "pred_crop", "true_crop")
@@ -208,6 +209,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "sicot": sicot.config.model_version,
         "localizer": loc.config.model_version if loc else None,
+        "localizer_training": loc.config.evaluation.get("train", {}) if loc else {},
         "queries": {"total": len(records), "validation": len(val), "test": len(test)},
         "fusion_weight": weight, "fusion_sweep_validation": sweep,
         "sku": {k: {m: round(x, 2) for m, x in v.items()} for k, v in table.items()},
@@ -242,13 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     report = evaluate(args)
+    report["command"] = ".venv/bin/python -m training.online_eval " + " ".join(
+        list(sys.argv[1:] if argv is None else argv))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     if args.docs:
-        from training.online_report import write_markdown
-
-        write_markdown(report, Path(args.docs), argv=list(argv or sys.argv[1:]))
+        write_markdown(report, Path(args.docs))
     sys.stdout.write(json.dumps({k: report[k] for k in ("sku", "category", "localization",
                                                         "latency_ms", "fusion_weight")},
                                 indent=2) + "\n")

@@ -1,9 +1,20 @@
-"""Markdown tables of an online-path evaluation (:mod:`training.online_eval`)."""
+"""Markdown tables of an online-path evaluation (:mod:`training.online_eval`).
+
+Regenerating a file keeps everything below :data:`NOTES_MARKER` (hand-written notes: how the
+inputs were made, what the numbers mean). Re-render from a saved report without re-running::
+
+    .venv/bin/python -m training.online_report REPORT.json docs/results/online-path.md
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+NOTES_MARKER = "<!-- hand-written notes below this line are kept when the tables are regenerated -->"
 
 
 def _sku_rows(sku: dict[str, dict[str, float]]) -> list[str]:
@@ -22,6 +33,17 @@ def _category_rows(cat: dict[str, dict[str, float]], weight: float) -> list[str]
     return rows
 
 
+def _localizer_line(report: dict[str, Any]) -> str:
+    t = report.get("localizer_training") or {}
+    if not t:
+        return ""
+    val = t.get("synthetic_val", {})
+    return (f"The localizer trained {t.get('steps')} steps ({t.get('images_seen')} synthetic "
+            f"scenes, {t.get('train_minutes')} min) on composites of {t.get('train_sources')} "
+            f"catalog images; on synthetic scenes of {t.get('val_sources')} held-out catalog "
+            f"images its main box reached mean IoU {val.get('main_iou_mean')}.")
+
+
 def markdown(report: dict[str, Any], command: str) -> str:
     q = report["queries"]
     loc = report["localization"]
@@ -30,7 +52,7 @@ def markdown(report: dict[str, Any], command: str) -> str:
         "",
         f"SICoT artifact `{report['sicot']}`, localizer `{report['localizer']}`. "
         f"{q['total']} queries: {q['validation']} choose the fusion weight, the tables report "
-        f"the other {q['test']}.",
+        f"the other {q['test']}. {_localizer_line(report)}",
         "",
         "Reproduce:",
         "",
@@ -66,7 +88,25 @@ def markdown(report: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(report: dict[str, Any], path: Path, argv: list[str]) -> None:
-    command = ".venv/bin/python -m training.online_eval " + " ".join(argv)
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    notes = ""
+    if path.is_file():
+        old = path.read_text()
+        if NOTES_MARKER in old:
+            notes = old.split(NOTES_MARKER, 1)[1]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown(report, command))
+    text = markdown(report, report.get("command", "(command not recorded)"))
+    path.write_text(text + "\n" + NOTES_MARKER + (notes or "\n"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2 or args[0] in ("-h", "--help"):
+        sys.stdout.write("usage: python -m training.online_report REPORT.json OUT.md\n")
+        return 0 if args[:1] in (["-h"], ["--help"]) else 2
+    write_markdown(json.loads(Path(args[0]).read_text()), Path(args[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -52,7 +52,12 @@ class ServiceSettings(BaseSettings):
     batching: bool = Field(False, description="micro-batch the recognizer model across requests")
     batch_max_size: int = Field(8, ge=1, le=256)
     batch_max_wait_ms: float = Field(2.0, ge=0.0, le=100.0)
-    onnx: OnnxRuntimeSettings = Field(default_factory=OnnxRuntimeSettings)
+    onnx: OnnxRuntimeSettings = Field(
+        # one thread per session: requests run in parallel on max_concurrency threads, and
+        # the localizer measured faster on 1 thread than 2 (docs/results/online-path.md)
+        default_factory=lambda: OnnxRuntimeSettings(intra_op_threads=1)
+    )
+    faiss_threads: int = Field(1, ge=1, description="OpenMP threads of FAISS (1 query/request)")
     index_poll_s: float = Field(2.0, gt=0.0, description="how often the published pointer is read")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503")
 

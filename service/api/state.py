@@ -17,11 +17,16 @@ from service.api.metrics import Metrics
 from service.api.settings import ServiceSettings
 from service.artifact import ArtifactError, load_artifact
 from service.batching import MicroBatcher
+from service.binary_index import configure_faiss
 from service.localize import LocalizerConfig
 from service.recognizer import OnlineConfig, Recognizer
 from service.redis_server import PrivateRedisServer, RedisUnavailable, connect, redact_url
 from service.snapshot import IndexFollower
 from service.store import SkuStore
+
+# share of the search vote in the category fusion, chosen on the emoji-catalog validation half
+# (docs/results/online-path.md); an artifact's evaluation.fusion_weight overrides it
+FUSION_WEIGHT = 0.7
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,9 @@ class ServiceState:
         rather than raised, so /healthz and /metrics keep answering."""
         s = self.settings
         self.executor = ThreadPoolExecutor(s.max_concurrency, thread_name_prefix="recognize")
+        # one query per request: FAISS's OpenMP team only adds spin-waits next to ONNX Runtime
+        # (an exact search over 3k rows took 144 ms with default threads, 1.4 ms with one)
+        configure_faiss().omp_set_num_threads(s.faiss_threads)
         self._load_models()
         self._connect_redis()
         if self.store is not None and self.recognizer is not None:
@@ -85,7 +93,7 @@ class ServiceState:
         )
         online = OnlineConfig(
             margin=s.localizer_margin, search_k=s.search_k, localizer=loc_cfg,
-            fusion_weight=float(sicot.config.evaluation.get("fusion_weight", 0.5)),
+            fusion_weight=float(sicot.config.evaluation.get("fusion_weight", FUSION_WEIGHT)),
         )
         self.recognizer = Recognizer(sicot, localizer, online, run_sicot=run)
         log.info("models loaded: %s%s", sicot.config.model_version,
