@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -86,7 +87,7 @@ def parse_roi(value: str | None) -> tuple[float, float, float, float] | None:
     return (x0, y0, x1, y1)
 
 
-async def read_image_bytes(request: Request) -> tuple[bytes, dict[str, str]]:
+async def read_upload(request: Request) -> tuple[bytes, dict[str, str]]:
     """The image from a multipart field ``image`` or a raw ``image/*`` body, plus any option
     fields sent in the form."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -182,7 +183,7 @@ async def recognize(
     if state.recognizer is None or snap is None or state.store is None:
         raise Unavailable("the service is not ready (models or index not loaded)", s.retry_after_s)
     async with admitted(state):
-        data, fields = await read_image_bytes(request)
+        data, fields = await read_upload(request)
         opts = _options(s, top_k or _num(fields, "top_k", int), category or fields.get("category"),
                         parse_roi(roi or fields.get("roi")),
                         min_score if min_score is not None else _num(fields, "min_score", float))
@@ -224,8 +225,6 @@ def _options(s: Any, top_k: int | None, category: str | None, roi: Any,
 
 def _run(state: ServiceState, request_id: str, data: bytes, opts: RecognizeOptions,
          snap: Any) -> RecognizeResponse:
-    import time
-
     t0 = time.perf_counter()
     draft = max(state.recognizer.sicot.preprocess.input_size * 4, 512)  # type: ignore[union-attr]
     img = decode_image(data, state.settings.limits, draft_size=draft)
