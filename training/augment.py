@@ -126,3 +126,21 @@ def batch_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     """A 63-bit seed for one batch, distinct per (seed, epoch, step, rank)."""
     h = (seed * 1_000_003 + epoch) * 1_000_033 + step
     return (h * 1_000_037 + rank) % (2**63 - 1)
+
+
+def mix_style(x: torch.Tensor, p: float, alpha: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
+    """MixStyle (Zhou et al., ICLR 2021) on feature maps ``(N, C, H, W)``: with probability
+    ``p`` per batch, each sample's channel-wise mean and std are replaced by a Beta(α, α) mix
+    of its own and another sample's. The statistics carry much of an image's *style*
+    (colour, texture, rendering) and little of its content, so the tail learns to ignore
+    them. The training RNG decides (call inside the seeded training loop)."""
+    if p <= 0 or x.shape[0] < 2 or float(torch.rand(())) >= p:
+        return x
+    mu = x.mean(dim=(2, 3), keepdim=True)
+    sig = (x.var(dim=(2, 3), keepdim=True) + eps).sqrt()
+    mu, sig = mu.detach(), sig.detach()
+    lam = torch.distributions.Beta(alpha, alpha).sample((x.shape[0], 1, 1, 1)).to(x.dtype)
+    perm = torch.randperm(x.shape[0])
+    mu_mix = lam * mu + (1 - lam) * mu[perm]
+    sig_mix = lam * sig + (1 - lam) * sig[perm]
+    return (x - mu) / sig * sig_mix + mu_mix

@@ -8,15 +8,23 @@ pieces without training.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from service.artifact import LabelMap
 from service.catalog import CatalogItem
 from service.preprocess import PreprocessConfig
+from training.augment import mix_style
+from training.customer_views import (
+    CustomerViewConfig,
+    CustomerViewDataset,
+    EpochConcat,
+    load_cutouts_or_none,
+)
 from training.data import (
     ImageSource,
     SkuDataset,
@@ -40,6 +48,7 @@ class Splits:
     heldout: list[CatalogItem]
     queries: list[CatalogItem]
     labels: LabelMap
+    catalog: list[CatalogItem] = field(default_factory=list)  # trained on as customer views
 
 
 @dataclass
@@ -56,9 +65,22 @@ def prepare_splits(cfg: TrainConfig) -> Splits:
     train, heldout = split_heldout(items, cfg.heldout_per_class, cfg.heldout_min_images, cfg.seed)
     labels = build_label_map(items, train)
     queries = known_items(load_items(cfg.query_manifest), labels) if cfg.query_manifest else []
-    log.info("%d classes, %d categories: %d train, %d held-out, %d query images",
-             labels.num_classes, len(labels.categories), len(train), len(heldout), len(queries))
-    return Splits(train, heldout, queries, labels)
+    catalog = (known_items(load_items(cfg.catalog_manifest), labels)
+               if cfg.catalog_manifest and cfg.catalog_views_per_epoch else [])
+    log.info("%d classes, %d categories: %d train, %d held-out, %d query, %d catalog images",
+             labels.num_classes, len(labels.categories), len(train), len(heldout), len(queries),
+             len(catalog))
+    return Splits(train, heldout, queries, labels, catalog)
+
+
+def epoch_class_counts(cfg: TrainConfig, splits: Splits) -> np.ndarray:
+    """Expected images per class in one epoch (training set + catalog views): the class prior
+    that logit adjustment must use, since the catalog views flatten the long tail."""
+    index = splits.labels.index_of()
+    counts = np.asarray(splits.labels.train_counts, dtype=np.float64)
+    for it in splits.catalog:
+        counts[index[it.sku_id]] += cfg.catalog_views_per_epoch
+    return counts
 
 
 def prepare_text(cfg: TrainConfig, train: list[CatalogItem], info: DistInfo,
@@ -97,13 +119,31 @@ def model_config(cfg: TrainConfig, labels: LabelMap, text: TextData | None) -> S
         freeze_blocks=cfg.freeze_blocks, embed_dim=cfg.embed_dim,
         num_classes=labels.num_classes, num_categories=len(labels.categories),
         text_encoder=cfg.text_encoder, vocab_size=len(text.vocab) if text else 2,
-        word_dim=cfg.word_dim, dropout=cfg.dropout, seed=cfg.seed,
+        word_dim=cfg.word_dim, dropout=cfg.dropout, seed=cfg.seed, head=cfg.head,
+        cosine_scale=cfg.cosine_scale,
     )
 
 
 def build_model(cfg: TrainConfig, labels: LabelMap, text: TextData | None) -> SICoTModel:
-    return SICoTModel(model_config(cfg, labels, text),
-                      word_vectors=text.vectors if text is not None else None)
+    model = SICoTModel(model_config(cfg, labels, text),
+                       word_vectors=text.vectors if text is not None else None)
+    if cfg.mix_style_p > 0:
+        install_mix_style(model, cfg.mix_style_p)
+    return model
+
+
+def install_mix_style(model: SICoTModel, p: float, alpha: float = 0.1) -> None:
+    """MixStyle on the input of the first trained block, in training mode only (the cached-
+    trunk path applies it at the same place: on the cached maps)."""
+    blocks = list(model.backbone._block_list())
+    k = model.cfg.freeze_blocks
+    if not 0 <= k < len(blocks):
+        raise ValueError(f"MixStyle needs a trained block after the frozen {k}")
+
+    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+        return (mix_style(args[0], p, alpha),) if module.training else None
+
+    blocks[k].register_forward_pre_hook(hook)
 
 
 def preprocess_config(cfg: TrainConfig, model: SICoTModel) -> PreprocessConfig:
@@ -118,13 +158,24 @@ def preprocess_config(cfg: TrainConfig, model: SICoTModel) -> PreprocessConfig:
 
 
 def train_dataset(cfg: TrainConfig, splits: Splits, source: ImageSource, pcfg: PreprocessConfig,
-                  text: TextData | None) -> SkuDataset:
+                  text: TextData | None) -> Dataset[dict[str, Any]]:
+    """The training images (random resized crop) and, with a catalog, its customer views
+    (``catalog_views_per_epoch`` of each packshot per epoch)."""
     transform = TrainTransform(pcfg, scale=(cfg.crop_scale_min, 1.0), hflip_p=cfg.hflip_p)
-    return SkuDataset(
+    train = SkuDataset(
         splits.train, splits.labels, source, pcfg, train_transform=transform,
         crop_to_box=True, crop_margin=cfg.crop_margin, seed=cfg.seed,
         ids=text.ids if text else None, mask=text.mask if text else None,
     )
+    if not splits.catalog:
+        return train
+    cuts = load_cutouts_or_none([it.image for it in splits.catalog], source)
+    ids, mask = (text.vocab.encode([item_text(it, cfg.title_with_tags) for it in splits.catalog],
+                                   cfg.max_title_len) if text else (None, None))
+    views = CustomerViewDataset(splits.catalog, cuts, splits.labels, pcfg,
+                                CustomerViewConfig(margin=cfg.crop_margin), seed=cfg.seed,
+                                ids=ids, mask=mask, repeats=cfg.catalog_views_per_epoch)
+    return EpochConcat([train, views])
 
 
 def eval_datasets(cfg: TrainConfig, splits: Splits, source: ImageSource,

@@ -24,6 +24,11 @@ from training.settings import TrainConfig
 log = logging.getLogger(__name__)
 
 
+def logit_margin(cfg: TrainConfig) -> float:
+    """The cosine head's additive margin in logit units (γ·m); 0 for a linear head."""
+    return cfg.cosine_margin * cfg.cosine_scale if cfg.head == "cosine" else 0.0
+
+
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Backbone vs the rest (``backbone_lr_scale``); no weight decay on biases and norms."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
@@ -116,7 +121,8 @@ def train_one_epoch(
                                  batch_seed(cfg.seed, epoch, step_in_epoch + i, info.rank))
         out = forward(model, batch)
         loss, parts = sicot_loss(out, batch["label"], batch["category"], lam=cfg.lam,
-                                 tau=cfg.tau, log_prior=log_prior, cat_weight=cfg.cat_weight)
+                                 tau=cfg.tau, log_prior=log_prior, cat_weight=cfg.cat_weight,
+                                 margin=logit_margin(cfg))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

@@ -64,6 +64,13 @@ def posthoc_adjust(logits: ArrayT, log_prior: np.ndarray | torch.Tensor, tau: fl
     return logits - np.float32(tau) * np.asarray(log_prior, dtype=logits.dtype)
 
 
+def with_margin(logits: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
+    """``logits`` with ``margin`` subtracted at each row's true class (0: unchanged)."""
+    if margin == 0.0:
+        return logits
+    return logits - margin * F.one_hot(y, logits.shape[-1]).to(logits.dtype)
+
+
 def sicot_loss(
     out: dict[str, Any],
     y: torch.Tensor,
@@ -74,18 +81,22 @@ def sicot_loss(
     log_prior: np.ndarray | torch.Tensor | None = None,
     cat_weight: float = 0.5,
     label_smoothing: float = 0.0,
+    margin: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts (floats: ``visual``, ``mixed``, ``category``, ``total``).
 
     ``out`` is :meth:`SICoTModel.forward`'s dict. ``y_cat`` entries of -1 (unknown category)
-    are ignored; ``y_cat=None`` or ``cat_weight=0`` drops the category term."""
-    visual = logit_adjusted_ce(out["sku_logits"], y, log_prior, tau,
+    are ignored; ``y_cat=None`` or ``cat_weight=0`` drops the category term. ``margin``
+    (logit units) is subtracted from the true class's logit in both SKU terms: the additive
+    margin of CosFace for a cosine head (γ·m), which pulls a class's images closer together
+    than the margin demands of other classes."""
+    visual = logit_adjusted_ce(with_margin(out["sku_logits"], y, margin), y, log_prior, tau,
                                label_smoothing=label_smoothing)
     total = visual
     parts = {"visual": float(visual.detach())}
     mixed_logits = out.get("mixed_logits")
     if mixed_logits is not None and lam != 0.0:
-        per = logit_adjusted_ce(mixed_logits, y, log_prior, tau,
+        per = logit_adjusted_ce(with_margin(mixed_logits, y, margin), y, log_prior, tau,
                                 label_smoothing=label_smoothing, reduction="none")
         has_text = out.get("has_text")
         if has_text is not None:

@@ -85,6 +85,12 @@ def _views(rec: Recognizer, img, item, margin: float) -> dict[str, Any]:
             "true_crop": img.crop(tuple(round(v) for v in true))}
 
 
+def in_test_half(image: str, val_share: float = 0.5) -> bool:
+    """The split rule of every query evaluation: a hash of the file name, so the halves do
+    not depend on manifest order; ``val_share`` of the photos tune, the rest are reported."""
+    return zlib.crc32(Path(image).name.encode()) % 1000 >= val_share * 1000
+
+
 def first_pass(rec: Recognizer, snap: IndexSnapshot, items, cfg: OnlineConfig, val_share: float):
     """Plain top-k and the two category distributions per view; localization per photo."""
     idx = rec.sicot.config.labels.index_of()  # type: ignore[union-attr]
@@ -96,7 +102,7 @@ def first_pass(rec: Recognizer, snap: IndexSnapshot, items, cfg: OnlineConfig, v
         t0 = time.perf_counter()
         img = decode_image(data)
         decode_ms.append((time.perf_counter() - t0) * 1000)
-        test = zlib.crc32(Path(item.image).name.encode()) % 1000 >= val_share * 1000
+        test = in_test_half(item.image, val_share)
         r = QueryRecord(idx.get(item.sku_id, -1), cat_idx.get(item.category, -1), test)
         if rec.localizer is not None:
             dets = localize_image(rec.localizer, img, loc_cfg)

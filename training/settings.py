@@ -44,6 +44,11 @@ class TrainConfig(BaseSettings):
         3, ge=2, description="only classes with at least this many images give held-out images, "
         "so every class keeps >= heldout_min_images - heldout_per_class training images",
     )
+    catalog_manifest: Path | None = Field(
+        None, description="catalog packshots (JSONL/CSV), trained on as customer views: each "
+        "the main product of a synthetic real-shot scene, cropped like the online path")
+    catalog_views_per_epoch: int = Field(
+        4, ge=0, description="customer views of each catalog image per epoch")
     query_crop: bool = Field(True, description="crop query photos to their true box")
     crop_margin: float = Field(0.1, ge=0, le=1, description="box margin, fraction of its size")
     title_with_tags: bool = Field(False, description="append the tags to the title text")
@@ -66,6 +71,12 @@ class TrainConfig(BaseSettings):
     resize: ResizeMode | None = Field(None, description="letterbox | squash | center_crop")
     embed_dim: int = Field(512, ge=8, description="shared dimension d of v, s and W")
     dropout: float = Field(0.2, ge=0, lt=1, description="on backbone features")
+    head: Literal["linear", "cosine"] = Field(
+        "linear", description="SKU classifier: linear or cosine (normalised softmax)")
+    cosine_scale: float = Field(16.0, gt=0, description="γ of the cosine head")
+    cosine_margin: float = Field(0.0, ge=0, lt=1, description="additive cosine margin m")
+    mix_style_p: float = Field(
+        0.0, ge=0, le=1, description="MixStyle probability at the first trained block")
     text_encoder: str | None = Field(
         "bilinear_attention", description="semantic stream; none = visual-only baseline"
     )

@@ -149,7 +149,8 @@ def run(cfg: TrainConfig, info: DistInfo, ckpt: dict[str, Any] | None, device: t
     ddp = wrap_model(model, info, device, cfg.ddp_find_unused)
     augment = BatchAugment(pcfg.mean, pcfg.std, strength=cfg.augment_strength,
                            style=cfg.style_strength, erasing_p=cfg.erasing_p).to(device)
-    prior = torch.from_numpy(log_prior_from_counts(splits.labels.train_counts)).to(device)
+    prior = torch.from_numpy(
+        log_prior_from_counts(builders.epoch_class_counts(cfg, splits))).to(device)
     out, total = cfg.output_dir, spe * cfg.epochs
 
     def save(name: str = checkpoint.CHECKPOINT_FILE) -> None:

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from training.augment import BatchAugment, batch_seed
+from training.augment import BatchAugment, batch_seed, mix_style
 from training.data import SkuDataset
 from training.engine import build_optimizer, build_scheduler
 from training.losses import sicot_loss
@@ -199,18 +199,84 @@ class TrainResult:
         return self.images / max(self.seconds, 1e-9)
 
 
-def train_on_cache(model: SICoTModel, cache: np.ndarray, labels: torch.Tensor,
-                   categories: torch.Tensor, cfg: TrainConfig, *,
-                   ids: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                   log_prior: torch.Tensor | None = None, feature_dropout: float = 0.0,
-                   desc: str = "train") -> TrainResult:
-    """``cfg.epochs`` epochs over the cached images (a random cached view per image per
-    epoch), SGD + schedule from :mod:`training.engine`, loss :func:`sicot_loss` (λ, τ from
-    ``cfg``). ``feature_dropout``: channel dropout on the cached maps (regularisation)."""
+@dataclass
+class CacheSource:
+    """One body of cached training views: ``maps`` (N, V, C, H, W) float16 with a label, a
+    category and (SICoT) title ids per item. ``per_epoch``: items drawn per epoch (None: each
+    item once; more than N: with replacement), each with one random cached view."""
+
+    maps: np.ndarray
+    labels: torch.Tensor
+    categories: torch.Tensor
+    ids: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    per_epoch: int | None = None
+    name: str = "train"
+
+    def draw(self, g: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(items, views) of one epoch, from the epoch's generator."""
+        n, views = self.maps.shape[:2]
+        if self.per_epoch is None or self.per_epoch == n:
+            order = g.permutation(n)
+        elif self.per_epoch < n:
+            order = g.permutation(n)[: self.per_epoch]
+        else:
+            order = np.concatenate([g.permutation(n) for _ in range(-(-self.per_epoch // n))])
+            order = order[: self.per_epoch]
+        return order, np.asarray(g.integers(0, views, size=len(order)))
+
+
+@dataclass(frozen=True)
+class TailRegularizers:
+    """Regularisers of the cached-tail training: channel dropout and MixStyle on the cached
+    maps, the additive (CosFace) margin of the SKU terms in logit units."""
+
+    feature_dropout: float = 0.0
+    mix_style_p: float = 0.0
+    mix_style_alpha: float = 0.1
+    margin: float = 0.0
+
+
+def _batch_from(sources: list[CacheSource], picks: np.ndarray, text: bool) -> tuple[Any, ...]:
+    """Maps, labels, categories, ids, mask of one batch; ``picks`` rows (source, item, view)."""
+    maps, labels, cats, ids, mask = [], [], [], [], []
+    for s_i, src in enumerate(sources):
+        rows = picks[picks[:, 0] == s_i]
+        if not len(rows):
+            continue
+        order = np.argsort(rows[:, 1], kind="stable")  # sorted reads of the cache
+        items, views = rows[order, 1], rows[order, 2]
+        maps.append(torch.from_numpy(src.maps[items, views].astype(np.float32)))
+        t = torch.from_numpy(items)
+        labels.append(src.labels[t])
+        cats.append(src.categories[t])
+        if text:
+            if src.ids is not None and src.mask is not None:
+                ids.append(src.ids[t])
+                mask.append(src.mask[t])
+            else:  # no titles here: the mixed term skips these (has_text False)
+                width = next(s.ids.shape[1] for s in sources if s.ids is not None)
+                ids.append(torch.zeros(len(t), width, dtype=torch.long))
+                mask.append(torch.zeros(len(t), width, dtype=torch.bool))
+    return (torch.cat(maps), torch.cat(labels), torch.cat(cats),
+            torch.cat(ids) if text else None, torch.cat(mask) if text else None)
+
+
+def train_on_sources(model: SICoTModel, sources: list[CacheSource], cfg: TrainConfig, *,
+                     log_prior: torch.Tensor | None = None,
+                     reg: TailRegularizers | None = None, desc: str = "train") -> TrainResult:
+    """``cfg.epochs`` epochs over cached views of one or more sources (batches mix them),
+    SGD + schedule from :mod:`training.engine`, loss :func:`sicot_loss` (λ, τ from ``cfg``).
+    ``cfg.channels_last``: the tail runs channels-last (~1.5x faster depthwise convolutions
+    on CPU); the model is returned in the default layout."""
+    reg = reg or TailRegularizers()
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=layout)  # type: ignore[call-overload]
     k = model.cfg.freeze_blocks
     net = CachedTail(model, k)
-    n, views = cache.shape[:2]
-    spe = max(1, n // cfg.batch_size)
+    text = model.text is not None and any(s.ids is not None for s in sources)
+    per_epoch = sum(s.per_epoch if s.per_epoch is not None else len(s.maps) for s in sources)
+    spe = max(1, per_epoch // cfg.batch_size)
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg, spe)
     torch.manual_seed(cfg.seed)
@@ -219,33 +285,51 @@ def train_on_cache(model: SICoTModel, cache: np.ndarray, labels: torch.Tensor,
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         g = np.random.default_rng((cfg.seed, epoch))
-        order = g.permutation(n)
-        view_of: np.ndarray = np.asarray(g.integers(0, views, size=n))
+        parts_ = []
+        for s_i, src in enumerate(sources):
+            items, views = src.draw(g)
+            parts_.append(np.stack([np.full(len(items), s_i), items, views], axis=1))
+        picks = np.concatenate(parts_)
+        if len(sources) > 1:
+            picks = picks[g.permutation(len(picks))]
         sums: dict[str, float] = {}
         for s in tqdm(range(spe), desc=f"{desc} {epoch + 1}/{cfg.epochs}", mininterval=10):
-            idx = np.sort(order[s * cfg.batch_size:(s + 1) * cfg.batch_size])
-            fmap = torch.from_numpy(cache[idx, view_of[idx]].astype(np.float32))
-            if feature_dropout > 0:
-                fmap = F.dropout2d(fmap, feature_dropout, training=True)
-            t = torch.from_numpy(idx)
-            out = net(fmap, ids[t] if ids is not None else None,
-                      mask[t] if mask is not None else None)
-            loss, parts = sicot_loss(out, labels[t], categories[t], lam=cfg.lam, tau=cfg.tau,
-                                     log_prior=log_prior, cat_weight=cfg.cat_weight)
+            fmap, y, y_cat, ids, mask = _batch_from(
+                sources, picks[s * cfg.batch_size:(s + 1) * cfg.batch_size], text)
+            fmap = mix_style(fmap, reg.mix_style_p, reg.mix_style_alpha).contiguous(
+                memory_format=layout)
+            if reg.feature_dropout > 0:
+                fmap = F.dropout2d(fmap, reg.feature_dropout, training=True)
+            out = net(fmap, ids, mask)
+            loss, parts = sicot_loss(out, y, y_cat, lam=cfg.lam, tau=cfg.tau,
+                                     log_prior=log_prior, cat_weight=cfg.cat_weight,
+                                     margin=reg.margin)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             for key, v in parts.items():
                 sums[key] = sums.get(key, 0.0) + v
-            res.images += len(idx)
+            res.images += len(y)
         if not math.isfinite(sums.get("total", 0.0)):
             raise FloatingPointError(f"{desc}: loss is not finite in epoch {epoch + 1}")
         res.history.append({"epoch": epoch + 1, "lr": float(sched.get_last_lr()[0]),
                             **{key: v / spe for key, v in sums.items()}})
         log.info("%s epoch %d: %s", desc, epoch + 1, res.history[-1])
     res.seconds = time.perf_counter() - t0
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     return res
+
+
+def train_on_cache(model: SICoTModel, cache: np.ndarray, labels: torch.Tensor,
+                   categories: torch.Tensor, cfg: TrainConfig, *,
+                   ids: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                   log_prior: torch.Tensor | None = None, feature_dropout: float = 0.0,
+                   desc: str = "train") -> TrainResult:
+    """One source, each image once per epoch (a random cached view): :func:`train_on_sources`.
+    ``feature_dropout``: channel dropout on the cached maps (regularisation)."""
+    return train_on_sources(model, [CacheSource(cache, labels, categories, ids, mask)], cfg,
+                            log_prior=log_prior, reg=TailRegularizers(feature_dropout), desc=desc)
 
 
 @torch.no_grad()

@@ -196,10 +196,12 @@ def _photometric(scene: Image.Image, rng: np.random.Generator, cfg: SceneConfig)
 
 
 def render_scene(
-    cutouts: list[Image.Image], rng: np.random.Generator, cfg: SceneConfig | None = None
+    cutouts: list[Image.Image], rng: np.random.Generator, cfg: SceneConfig | None = None,
+    main: int | None = None,
 ) -> tuple[Image.Image, np.ndarray]:
     """One scene → (RGB image, ``(K, 4)`` float boxes in its pixels; row 0 is the main
-    product)."""
+    product). ``main``: index of the cutout to show as the main product (default: random);
+    the distractors are then drawn from the other cutouts."""
     cfg = cfg or SceneConfig()
     long = int(rng.integers(cfg.long_side[0], cfg.long_side[1] + 1))
     aspect = math.exp(rng.uniform(math.log(cfg.aspect[0]), math.log(cfg.aspect[1])))
@@ -209,6 +211,11 @@ def render_scene(
     n_dis = int(rng.integers(0, cfg.max_distractors + 1))
     plan = [main_side] + [main_side * rng.uniform(*cfg.distractor_scale) for _ in range(n_dis)]
     order = rng.permutation(len(cutouts))
+    if main is not None:
+        if not 0 <= main < len(cutouts):
+            raise ValueError(f"main cutout {main} outside 0..{len(cutouts) - 1}")
+        others = order[order != main]
+        order = np.concatenate([[main], others if len(others) else [main]])
     boxes: list[np.ndarray] = []
     for i, side in enumerate(plan):
         prod = warp_product(cutouts[int(order[i % len(order)])], rng, side, cfg)

@@ -6,7 +6,9 @@ Three streams around ONE shared SKU classifier W:
 - semantic: s = text_encoder(title ids, mask)                      ∈ R^d  (training only)
 - mixed:    m = max(v, s) element-wise
 
-``sku_logits`` = W v, ``mixed_logits`` = W m, ``category_logits`` = a category head on v (for
+``sku_logits`` = W v, ``mixed_logits`` = W m (``head="cosine"``: γ·cos(W_y, v) and
+γ·cos(W_y, m), a normalised-softmax classifier whose rows live in the space of the served
+embedding v/|v|, so the classifier and the nearest catalog images of the index agree), ``category_logits`` = a category head on v (for
 the category prediction the online path fuses with the kNN vote). The loss
 (:func:`training.losses.sicot_loss`) is CE(W v) + λ·CE(W m) (+ category CE); with
 ``text_encoder=None`` the same model is the visual-only baseline.
@@ -22,7 +24,7 @@ logits); titles are never needed at inference.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -52,9 +54,24 @@ class SICoTConfig(BaseModel):
     vocab_size: int = Field(2, ge=2, description="including PAD and UNK")
     word_dim: int = Field(128, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="on backbone features")
+    head: Literal["linear", "cosine"] = Field(
+        "linear", description="SKU classifier W: linear, or cosine (normalised softmax)")
+    cosine_scale: float = Field(16.0, gt=0, description="γ of the cosine head")
     seed: int = 0
     backbone_kwargs: dict[str, Any] = Field(default_factory=dict)
     text_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class CosineClassifier(nn.Module):
+    """γ · cos(W_y, x): logits from unit-length rows of W and the unit-length input."""
+
+    def __init__(self, dim: int, num_classes: int, scale: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, dim) * dim ** -0.5)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
 
 
 class SICoTExport(nn.Module):
@@ -87,7 +104,9 @@ class SICoTModel(nn.Module):
             self.dropout = nn.Dropout(cfg.dropout)
             self.proj = nn.Sequential(nn.Linear(c, cfg.embed_dim, bias=False),
                                       nn.BatchNorm1d(cfg.embed_dim))
-            self.classifier = nn.Linear(cfg.embed_dim, cfg.num_classes)
+            self.classifier: nn.Module = (
+                CosineClassifier(cfg.embed_dim, cfg.num_classes, cfg.cosine_scale)
+                if cfg.head == "cosine" else nn.Linear(cfg.embed_dim, cfg.num_classes))
             self.category_head = nn.Linear(cfg.embed_dim, cfg.num_categories)
         self.text: nn.Module | None = None
         if cfg.text_encoder is not None:

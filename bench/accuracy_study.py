@@ -1,0 +1,376 @@
+"""Accuracy study (issue 9): recipes for customer photos, compared under one CPU budget.
+
+Every variant trains the tail of EfficientNet-Lite0 (blocks ``--cut``.. + head conv +
+projection + SKU classifier W (+ category head, + SICoT's title stream)) on cached trunk
+maps (stem + blocks[:cut] frozen, ONNX Runtime, float16), from two sources:
+
+* ``train``: the long-tailed training set (``train/``, noisy titles), view 0 clean, the
+  others random resized crop + ``training.augment`` (photometric + style breakers);
+* ``catalog``: the catalog packshots (``catalog/``, both catalog vendors of every SKU, clean
+  titles), view 0 the packshot itself, the others *customer views*
+  (``training.customer_views``: the packshot as the main product of a synthetic real-shot
+  scene, cropped like the online path with the localizer's box noise).
+
+Each variant is scored on cached true-box crops (+10 %) of every query set given with
+``--query NAME=MANIFEST`` (test half by the hash rule of ``training.online_eval`` for sets
+named ``b1``/``b2``, all photos otherwise) and on the held-out training-style images:
+classifier top-1/3 (overall, head, tail), the index alone (recall@1/3 of the nearest catalog
+images by the served embedding, both vendors indexed) and classifier + index merged as the
+service merges them (``service.fusion.merge_with_neighbours``). ``--export VARIANT`` writes
+the serving artifact of a variant for the full online path (``training.online_eval``).
+
+Caches are built once per (size, cut, views) and reused by every variant; the report has the
+minutes of each part so a recipe's budget is cache + training.
+
+    .venv/bin/python bench/accuracy_study.py --data /work/data/emoji-full \\
+        --query b1=/work/data/q-twitter/queries/manifest.jsonl \\
+        --query b2=/work/data/emoji-full/queries/manifest.jsonl --out /work/runs/study
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.fusion import merge_with_neighbours, softmax  # noqa: E402
+from training import builders  # noqa: E402
+from training.augment import BatchAugment  # noqa: E402
+from training.customer_views import CustomerViewConfig, CustomerViewDataset  # noqa: E402
+from training.data import ImageSource, SkuDataset, TrainTransform, known_items, load_items  # noqa: E402
+from training.distributed import DistInfo  # noqa: E402
+from training.evaluate import accuracy_summary, json_safe  # noqa: E402
+from training.export import export_artifact  # noqa: E402
+from training.localizer.cutout import make_cutout  # noqa: E402
+from training.losses import log_prior_from_counts  # noqa: E402
+from training.online_eval import in_test_half  # noqa: E402
+from training.settings import TrainConfig  # noqa: E402
+from training.trunk_cache import (  # noqa: E402
+    CacheSource,
+    TailRegularizers,
+    TrunkRunner,
+    ViewBatches,
+    build_cache,
+    predict_on_cache,
+    train_on_sources,
+)
+
+log = logging.getLogger("accuracy_study")
+TEST_SETS = ("b1", "b2")  # benchmark sets: report their test half (training.online_eval rule)
+
+
+@dataclass(frozen=True)
+class Variant:
+    text_encoder: str | None = "bilinear_attention"
+    tau: float = 1.0
+    head: str = "linear"
+    scale: float = 16.0
+    margin: float = 0.0  # cosine margin m (logit margin = scale × m)
+    sources: str = "train+catalog"
+    catalog_per_epoch: int = 4  # customer views of each catalog image per epoch
+    train_per_epoch: int | None = 10000  # training images drawn per epoch (None: all)
+    vendors: str | None = None  # e.g. "google": style hold-out (train and index one vendor)
+    mix_style: float = 0.0
+    feature_dropout: float = 0.1
+    dropout: float = 0.3
+    epochs: int = 5
+    lr: float = 0.1
+    lam: float = 1.0
+
+
+# The study's variants, in the order they were tried; every one is reported.
+VARIANTS: dict[str, Variant] = {
+    "old_recipe": Variant(sources="train"),  # today's SICoT + LA recipe on the new cache
+    "old_recipe_baseline": Variant(text_encoder=None, sources="train"),
+    "catalog_views": Variant(),
+    "catalog_views_baseline": Variant(text_encoder=None),
+    "cosine": Variant(head="cosine", scale=16.0, margin=0.1),
+    "cosine_baseline": Variant(text_encoder=None, head="cosine", scale=16.0, margin=0.1),
+    "cosine_mixstyle": Variant(head="cosine", scale=16.0, margin=0.1, mix_style=0.5),
+    "holdout_noto": Variant(vendors="google"),
+    "holdout_noto_cosine_mixstyle": Variant(vendors="google", head="cosine", margin=0.1,
+                                            mix_style=0.5),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="accuracy_study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="materialized emoji-catalog")
+    p.add_argument("--query", action="append", default=[], metavar="NAME=MANIFEST",
+                   help="query set scored on true-box crops (b1/b2: test half)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--input-size", type=int, default=160)
+    p.add_argument("--cut", type=int, default=12, help="trunk = stem + blocks[:cut] (frozen)")
+    p.add_argument("--train-views", type=int, default=4)
+    p.add_argument("--catalog-views", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--export", default="", help="comma-separated variants to export")
+    p.add_argument("--epochs", type=int, default=0, help="override every variant's epochs")
+    return p.parse_args(argv)
+
+
+@dataclass
+class Study:
+    args: argparse.Namespace
+    cfg: TrainConfig
+    splits: builders.Splits
+    text: builders.TextData
+    catalog: list[Any]
+    pcfg: Any
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+    test_mask: dict[str, np.ndarray] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+def base_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        train_manifest=args.data / "train" / "manifest.jsonl", input_size=args.input_size,
+        freeze_blocks=args.cut, batch_size=args.batch_size, schedule="cosine",
+        warmup_epochs=0.25, weight_decay=5e-4, seed=args.seed, crop_scale_min=0.35,
+        augment_strength=1.0, style_strength=1.0, erasing_p=0.25,
+        text_encoder="bilinear_attention", output_dir=args.out / "runs", export=False,
+        channels_last=True)
+
+
+def _cached(path: Path, make: Any) -> np.ndarray:
+    if path.is_file():
+        log.info("reusing %s", path)
+        return np.load(path, mmap_mode=None)
+    arr = make()
+    np.save(path, arr)
+    return arr
+
+
+def build_study(args: argparse.Namespace) -> Study:
+    cfg = base_config(args)
+    splits = builders.prepare_splits(cfg)
+    text = builders.prepare_text(cfg, splits.train, DistInfo())
+    assert text is not None
+    model = builders.build_model(cfg.model_copy(update={"text_encoder": None}), splits.labels, None)
+    pcfg = builders.preprocess_config(cfg, model)
+    catalog = known_items(load_items(args.data / "catalog" / "manifest.jsonl"), splits.labels)
+    st = Study(args, cfg, splits, text, catalog, pcfg)
+    lm, source = splits.labels, ImageSource(cache="bytes")
+    queries = {}
+    for spec in args.query:
+        name, path = spec.split("=", 1)
+        queries[name] = known_items(load_items(path), lm)
+    source.preload(splits.train + splits.heldout + catalog + [q for v in queries.values() for q in v])
+    runner = TrunkRunner(model.backbone, args.cut, args.input_size, "ort", threads=args.threads,
+                         onnx_path=args.out / f"trunk-k{args.cut}-s{args.input_size}.onnx")
+    key = f"k{args.cut}-s{args.input_size}-seed{args.seed}"
+    t0 = time.perf_counter()
+    aug = BatchAugment(pcfg.mean, pcfg.std, strength=1.0, style=1.0, erasing_p=0.25)
+    aug_ds = SkuDataset(splits.train, lm, source, pcfg, seed=args.seed,
+                        train_transform=TrainTransform(pcfg, scale=(0.35, 1.0)))
+    st.maps["train"] = _cached(args.out / f"cache-train-{key}-v{args.train_views}.npy",
+                               lambda: build_cache(ViewBatches(
+                                   SkuDataset(splits.train, lm, source, pcfg), aug_ds, aug,
+                                   args.train_views, 64, args.seed), runner, desc="train views"))
+    st.timing["cache_train_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cuts = [make_cutout(source.load(it.image)) for it in catalog]
+    style = BatchAugment(pcfg.mean, pcfg.std, strength=0.0, style=1.0, erasing_p=0.0)
+    views = CustomerViewDataset(catalog, cuts, lm, pcfg, CustomerViewConfig(), seed=args.seed)
+    st.maps["catalog_views"] = _cached(
+        args.out / f"cache-catalogviews-{key}-v{args.catalog_views}.npy",
+        lambda: build_cache(ViewBatches(SkuDataset(catalog, lm, source, pcfg), views, style,
+                                        args.catalog_views, 64, args.seed), runner,
+                            desc="catalog views"))
+    st.timing["cache_catalog_views_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evals = {"heldout": SkuDataset(splits.heldout, lm, source, pcfg),
+             "catalog": SkuDataset(catalog, lm, source, pcfg)}
+    for name, items in queries.items():
+        evals[name] = SkuDataset(items, lm, source, pcfg, crop_to_box=True, crop_margin=0.1)
+        st.test_mask[name] = np.asarray([in_test_half(it.image) if name in TEST_SETS else True
+                                         for it in items])
+    for name, ds in evals.items():
+        st.maps[name] = _cached(args.out / f"cache-eval-{name}-{key}.npy", lambda ds=ds, n=name: build_cache(
+            ViewBatches(ds, None, None, 1, 64), runner, desc=f"trunk {n}")[:, 0])
+        st.targets[name] = ds.targets.numpy()
+    st.test_mask["heldout"] = np.ones(len(splits.heldout), bool)
+    st.timing["cache_eval_s"] = time.perf_counter() - t0
+    return st
+
+
+def _vendor_mask(items: list[Any], vendor: str | None) -> np.ndarray:
+    if vendor is None:
+        return np.ones(len(items), bool)
+    return np.asarray([it.extra.get("vendor") == vendor for it in items])
+
+
+def sources_for(st: Study, v: Variant) -> list[CacheSource]:
+    lm = st.splits.labels
+    cats = torch.tensor(lm.sku_category)
+    out = []
+    if "train" in v.sources.split("+"):
+        keep = _vendor_mask(st.splits.train, v.vendors)
+        idx = lm.index_of()
+        y = torch.tensor([idx[it.sku_id] for it in st.splits.train])
+        n = int(keep.sum())
+        out.append(CacheSource(st.maps["train"][keep] if not keep.all() else st.maps["train"],
+                               y[keep], cats[y[keep]], st.text.ids[keep], st.text.mask[keep],
+                               per_epoch=min(n, v.train_per_epoch or n), name="train"))
+    if "catalog" in v.sources.split("+"):
+        keep = _vendor_mask(st.catalog, v.vendors)
+        idx = lm.index_of()
+        y = torch.tensor([idx[it.sku_id] for it in st.catalog])
+        ids, mask = st.text.vocab.encode([it.title for it in st.catalog], st.cfg.max_title_len)
+        maps = st.maps["catalog_views"]
+        out.append(CacheSource(maps[keep] if not keep.all() else maps, y[keep], cats[y[keep]],
+                               ids[keep], mask[keep], per_epoch=int(keep.sum()) * v.catalog_per_epoch,
+                               name="catalog"))
+    return out
+
+
+def epoch_counts(sources: list[CacheSource], num_classes: int) -> np.ndarray:
+    """Expected images per class in one epoch of these sources: the class prior that logit
+    adjustment must use (catalog views flatten the training set's long tail)."""
+    counts = np.zeros(num_classes)
+    for src in sources:
+        per_item = (src.per_epoch or len(src.labels)) / len(src.labels)
+        counts += per_item * np.bincount(src.labels.numpy(), minlength=num_classes)
+    return counts
+
+
+def score(st: Study, model: Any, v: Variant) -> dict[str, Any]:
+    lm = st.splits.labels
+    cat_out = predict_on_cache(model, st.maps["catalog"])
+    index_rows = _vendor_mask(st.catalog, v.vendors)
+    emb_c = cat_out["v"][index_rows]
+    emb_c /= np.linalg.norm(emb_c, axis=1, keepdims=True).clip(1e-12)
+    row_sku = np.asarray([it.sku_id for it in st.catalog])[index_rows]
+    res: dict[str, Any] = {}
+    for name in [n for n in st.maps if n not in ("train", "catalog_views", "catalog")]:
+        keep = st.test_mask[name]
+        out = predict_on_cache(model, st.maps[name][keep])
+        y = st.targets[name][keep]
+        logits = out["sku_logits"]
+        r = {"classifier": accuracy_summary(logits, y, lm.train_counts)}
+        if name != "heldout":
+            q = out["v"] / np.linalg.norm(out["v"], axis=1, keepdims=True).clip(1e-12)
+            sims = q @ emb_c.T
+            nn_idx = np.argsort(-sims, axis=1)[:, :30]
+            r["index"] = index_recall(row_sku[nn_idx], y, lm.sku_ids)
+            r["merged"] = merged_accuracy(logits, sims, nn_idx, row_sku, y, lm)
+        res[name] = r
+    return res
+
+
+def index_recall(neigh_skus: np.ndarray, y: np.ndarray, sku_ids: list[str]) -> dict[str, float]:
+    """recall@1/3 over distinct SKUs of the nearest catalog images."""
+    hits1, hits3 = [], []
+    for row, t in zip(neigh_skus, y, strict=True):
+        distinct = list(dict.fromkeys(row.tolist()))
+        hits1.append(distinct[0] == sku_ids[t])
+        hits3.append(sku_ids[t] in distinct[:3])
+    return {"top1": 100 * float(np.mean(hits1)), "top3": 100 * float(np.mean(hits3))}
+
+
+def merged_accuracy(logits: np.ndarray, sims: np.ndarray, nn_idx: np.ndarray,
+                    row_sku: np.ndarray, y: np.ndarray, lm: Any, weight: float = 0.5,
+                    temperature: float = 0.03) -> dict[str, float]:
+    """Top-1/3 of the classifier's top-10 merged with the 30 nearest catalog images, as the
+    service merges them (no category constraint, no localization: the true crop)."""
+    hits1, hits3 = [], []
+    for i, t in enumerate(y):
+        p = softmax(logits[i].astype(np.float64))
+        top = np.argsort(-p)[:10]
+        merged = merge_with_neighbours([lm.sku_ids[j] for j in top], p[top],
+                                       list(row_sku[nn_idx[i]]), sims[i, nn_idx[i]], k=3,
+                                       weight=weight, temperature=temperature)
+        ids = [m.sku_id for m in merged]
+        hits1.append(bool(ids) and ids[0] == lm.sku_ids[t])
+        hits3.append(lm.sku_ids[t] in ids[:3])
+    return {"top1": 100 * float(np.mean(hits1)), "top3": 100 * float(np.mean(hits3))}
+
+
+def run_variant(st: Study, name: str, v: Variant) -> dict[str, Any]:
+    vcfg = st.cfg.model_copy(update={
+        "text_encoder": v.text_encoder, "tau": v.tau, "epochs": v.epochs, "lr": v.lr,
+        "lam": v.lam, "dropout": v.dropout})
+    model = builders.build_model(vcfg, st.splits.labels, st.text if v.text_encoder else None)
+    if v.head != "linear":
+        from training.models.sicot import SICoTModel
+
+        mcfg = model.cfg.model_copy(update={"head": v.head, "cosine_scale": v.scale})
+        model = SICoTModel(mcfg, word_vectors=st.text.vectors if v.text_encoder else None)
+    sources = sources_for(st, v)
+    prior = torch.from_numpy(log_prior_from_counts(epoch_counts(sources, model.cfg.num_classes)))
+    reg = TailRegularizers(feature_dropout=v.feature_dropout, mix_style_p=v.mix_style,
+                           margin=v.margin * v.scale if v.head == "cosine" else 0.0)
+    res = train_on_sources(model, sources, vcfg, log_prior=prior if v.tau else None,
+                           reg=reg, desc=name)
+    t0 = time.perf_counter()
+    scores = score(st, model, v)
+    rep = {"name": name, "variant": v.__dict__, "scores": scores,
+           "training": {"seconds": res.seconds, "images": res.images,
+                        "images_per_s": res.images_per_s, "history": res.history},
+           "score_seconds": time.perf_counter() - t0}
+    run_dir = st.args.out / "runs" / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "report.json").write_text(json.dumps(json_safe(rep), indent=2))
+    torch.save({"model_config": model.cfg.model_dump(mode="json"),
+                "model_state": model.state_dict()}, run_dir / "model.pt")
+    log.info("%s: %s", name, one_line(scores))
+    if name in st.args.export.split(","):
+        path = export_artifact(model, out_dir=st.args.out / "artifacts", name=f"emoji-{name}",
+                               labels=st.splits.labels, preprocess=st.pcfg,
+                               model_config=model.cfg.model_dump(mode="json"), overwrite=True,
+                               evaluation={k: v2["classifier"]["top1"] for k, v2 in scores.items()})
+        rep["artifact"] = str(path)
+    return rep
+
+
+def one_line(scores: dict[str, Any]) -> str:
+    parts = []
+    for name, r in scores.items():
+        s = f"{name} cls {r['classifier']['top1']:.1f}"
+        if "index" in r:
+            s += f" idx {r['index']['top1']:.1f} merged {r['merged']['top1']:.1f}"
+        parts.append(s)
+    return " | ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gensim").setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    st = build_study(args)
+    log.info("caches: %s", {k: (v.shape, f"{v.nbytes / 2**20:.0f} MiB") for k, v in st.maps.items()})
+    summary_path = args.out / "study.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"variants": {}}
+    summary["timing"] = {**summary.get("timing", {}), **st.timing}
+    summary["setup"] = {"input_size": args.input_size, "cut": args.cut,
+                        "train_views": args.train_views, "catalog_views": args.catalog_views,
+                        "queries": args.query, "data": str(args.data)}
+    for name in [n for n in args.variants.split(",") if n]:
+        v = VARIANTS[name]
+        if args.epochs:
+            v = replace(v, epochs=args.epochs)
+        rep = run_variant(st, name, v)
+        summary["variants"][name] = rep
+        summary_path.write_text(json.dumps(json_safe(summary), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
