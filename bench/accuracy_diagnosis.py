@@ -80,12 +80,16 @@ class FrozenImagenet:
         bb = create_backbone("efficientnet_lite0", pretrained=True).eval()
 
         class Features(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.bb = bb
+
             def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return bb.forward_features(x)
+                return self.bb.forward_features(x)
 
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(Features(), (torch.zeros(2, 3, size, size),), str(path), dynamo=False,
+            torch.onnx.export(Features().eval(), (torch.zeros(2, 3, size, size),), str(path), dynamo=False,
                               opset_version=17, input_names=["x"], output_names=["f"],
                               dynamic_axes={"x": {0: "b"}, "f": {0: "b"}})
         so = ort.SessionOptions()
@@ -109,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     catalog = read_catalog(args.catalog, on_error="skip").items
     cat_imgs = load_crops(catalog)
     cat_skus = np.asarray([it.sku_id for it in catalog])
@@ -148,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
             rows[sname] = row
             log.info("%s / %s: %s", mname, sname, row)
         report["models"][mname] = rows
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(json_safe(report), indent=2))
     for mname, rows in report["models"].items():
         sys.stdout.write(f"\n{mname}\n| set | n | classifier top-1 | top-3 | head | tail | index top-1 | index top-3 |\n|---|---|---|---|---|---|---|---|\n")
