@@ -54,6 +54,7 @@ from training.export import export_artifact  # noqa: E402
 from training.localizer.cutout import make_cutout  # noqa: E402
 from training.losses import log_prior_from_counts  # noqa: E402
 from training.online_eval import in_test_half  # noqa: E402
+from training.recipe import RECIPE  # noqa: E402
 from training.settings import TrainConfig  # noqa: E402
 from training.trunk_cache import (  # noqa: E402
     CacheSource,
@@ -71,21 +72,30 @@ TEST_SETS = ("b1", "b2")  # benchmark sets: report their test half (training.onl
 
 @dataclass(frozen=True)
 class Variant:
+    """One recipe of the study; the defaults are the shared budget of :data:`RECIPE` with
+    today's (pre-study) head: linear, no margin, no MixStyle."""
+
     text_encoder: str | None = "bilinear_attention"
-    tau: float = 1.0
+    tau: float = RECIPE.tau
     head: str = "linear"
-    scale: float = 16.0
+    scale: float = RECIPE.cosine_scale
     margin: float = 0.0  # cosine margin m (logit margin = scale × m)
     sources: str = "train+catalog"
-    catalog_per_epoch: int = 4  # customer views of each catalog image per epoch
-    train_per_epoch: int | None = 10000  # training images drawn per epoch (None: all)
+    catalog_per_epoch: int = RECIPE.catalog_views_per_epoch
+    train_per_epoch: int | None = RECIPE.train_per_epoch  # None: all training images
     vendors: str | None = None  # e.g. "google": style hold-out (train and index one vendor)
     mix_style: float = 0.0
-    feature_dropout: float = 0.1
-    dropout: float = 0.3
-    epochs: int = 5
-    lr: float = 0.1
+    feature_dropout: float = RECIPE.feature_dropout
+    dropout: float = RECIPE.dropout
+    epochs: int = RECIPE.epochs
+    lr: float = RECIPE.lr
     lam: float = 1.0
+
+
+def recipe_variant(**changes: Any) -> Variant:
+    """The chosen recipe (:data:`training.recipe.RECIPE`) as a study variant."""
+    return replace(Variant(head=RECIPE.head, scale=RECIPE.cosine_scale,
+                           margin=RECIPE.cosine_margin, mix_style=RECIPE.mix_style_p), **changes)
 
 
 # The study's variants, in the order they were tried; every one is reported.
@@ -96,7 +106,8 @@ VARIANTS: dict[str, Variant] = {
     "catalog_views_baseline": Variant(text_encoder=None),
     "cosine": Variant(head="cosine", scale=16.0, margin=0.1),
     "cosine_baseline": Variant(text_encoder=None, head="cosine", scale=16.0, margin=0.1),
-    "cosine_mixstyle": Variant(head="cosine", scale=16.0, margin=0.1, mix_style=0.5),
+    "cosine_mixstyle": recipe_variant(),  # the chosen recipe (training.recipe)
+    "cosine_mixstyle_baseline": recipe_variant(text_encoder=None),
     "holdout_noto": Variant(vendors="google"),
     "holdout_noto_cosine_mixstyle": Variant(vendors="google", head="cosine", margin=0.1,
                                             mix_style=0.5),
@@ -111,10 +122,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="query set scored on true-box crops (b1/b2: test half)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--input-size", type=int, default=160)
-    p.add_argument("--cut", type=int, default=12, help="trunk = stem + blocks[:cut] (frozen)")
-    p.add_argument("--train-views", type=int, default=4)
-    p.add_argument("--catalog-views", type=int, default=16)
+    p.add_argument("--input-size", type=int, default=RECIPE.input_size)
+    p.add_argument("--cut", type=int, default=RECIPE.freeze_blocks,
+                   help="trunk = stem + blocks[:cut] (frozen)")
+    p.add_argument("--train-views", type=int, default=RECIPE.train_views)
+    p.add_argument("--catalog-views", type=int, default=RECIPE.catalog_views)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -301,22 +313,24 @@ def merged_accuracy(logits: np.ndarray, sims: np.ndarray, nn_idx: np.ndarray,
     return {"top1": 100 * float(np.mean(hits1)), "top3": 100 * float(np.mean(hits3))}
 
 
-def run_variant(st: Study, name: str, v: Variant) -> dict[str, Any]:
+def train_variant(st: Study, v: Variant, desc: str) -> tuple[Any, Any]:
+    """Build the variant's model and train it on the cached sources: (model, TrainResult)."""
     vcfg = st.cfg.model_copy(update={
         "text_encoder": v.text_encoder, "tau": v.tau, "epochs": v.epochs, "lr": v.lr,
-        "lam": v.lam, "dropout": v.dropout})
+        "lam": v.lam, "dropout": v.dropout, "head": v.head, "cosine_scale": v.scale,
+        "cosine_margin": v.margin, "mix_style_p": v.mix_style})
     model = builders.build_model(vcfg, st.splits.labels, st.text if v.text_encoder else None)
-    if v.head != "linear":
-        from training.models.sicot import SICoTModel
-
-        mcfg = model.cfg.model_copy(update={"head": v.head, "cosine_scale": v.scale})
-        model = SICoTModel(mcfg, word_vectors=st.text.vectors if v.text_encoder else None)
     sources = sources_for(st, v)
     prior = torch.from_numpy(log_prior_from_counts(epoch_counts(sources, model.cfg.num_classes)))
     reg = TailRegularizers(feature_dropout=v.feature_dropout, mix_style_p=v.mix_style,
                            margin=v.margin * v.scale if v.head == "cosine" else 0.0)
     res = train_on_sources(model, sources, vcfg, log_prior=prior if v.tau else None,
-                           reg=reg, desc=name)
+                           reg=reg, desc=desc)
+    return model, res
+
+
+def run_variant(st: Study, name: str, v: Variant) -> dict[str, Any]:
+    model, res = train_variant(st, v, name)
     t0 = time.perf_counter()
     scores = score(st, model, v)
     rep = {"name": name, "variant": v.__dict__, "scores": scores,

@@ -57,21 +57,25 @@ def budget_section(s: dict[str, Any]) -> str:
         f"blocks 0-{int(c['freeze_blocks']) - 1} frozen and cached, blocks "
         f"{c['freeze_blocks']}-15 + head conv + projection (d={c['embed_dim']}) + classifier "
         f"(+ category head, + text stream for SICoT) trained.",
-        f"- Cache: {a['views']} views per training image (view 0 clean, the others random "
-        f"resized crop (area >= {c['crop_scale_min']}) + `training.augment` at strength "
-        f"{c['augment_strength']}, style {c['style_strength']}, erasing {c['erasing_p']}), "
-        f"float16 maps {cache['train_map_shape']}, {cache['bytes'] / 2**20:.0f} MiB in all; "
-        f"trunk on {cache['trunk_engine']} (max |ORT - torch| {cache['trunk_vs_torch_max_abs_diff']:.1e}); "
-        f"{cache['images']} trunk passes in {cache['seconds'] / 60:.1f} min "
-        f"({cache['images_per_s']:.0f} img/s including augmentation).",
-        f"- Schedule: {c['epochs']} epochs (a random cached view per image per epoch), batch "
-        f"{c['batch_size']}, SGD momentum {c['momentum']}, lr {c['lr']} cosine with "
-        f"{c['warmup_epochs']} epoch warm-up, weight decay {c['weight_decay']}, dropout "
-        f"{c['dropout']} on pooled features, channel dropout {a['feature_dropout']} on the cached "
-        f"maps, λ = {c['lam']}, category-head weight {c['cat_weight']}, seed {c['seed']}.",
+        f"- Cache: {a['train_views']} views per training image (view 0 clean, the others "
+        f"random resized crop (area >= {c['crop_scale_min']}) + `training.augment` at strength "
+        f"{c['augment_strength']}, style {c['style_strength']}, erasing {c['erasing_p']}) and "
+        f"{a['catalog_views']} customer views per catalog packshot (`training.customer_views`: "
+        f"the packshot as the main product of a synthetic real-shot scene, cropped with "
+        f"localizer-like box noise), float16 maps {cache['train_map_shape']} + "
+        f"{cache['catalog_views_shape']}, {cache['bytes'] / 2**20:.0f} MiB in all; trunk on "
+        f"ONNX Runtime; built in {cache['seconds'] / 60:.1f} min (0 when reused).",
+        f"- Schedule: {c['epochs']} epochs of {s['recipe']['train_per_epoch']} training images "
+        f"+ {s['recipe']['catalog_views_per_epoch']} customer views of each catalog image "
+        f"(a random cached view each), batch {c['batch_size']}, SGD momentum {c['momentum']}, "
+        f"lr {c['lr']} cosine with {c['warmup_epochs']} epoch warm-up, weight decay "
+        f"{c['weight_decay']}, dropout {s['recipe']['dropout']} on pooled features, channel "
+        f"dropout {s['recipe']['feature_dropout']} and MixStyle (p = "
+        f"{s['recipe']['mix_style_p']}) on the cached maps, {s['recipe']['head']} SKU head "
+        f"(scale {s['recipe']['cosine_scale']}, margin {s['recipe']['cosine_margin']}), "
+        f"λ = {c['lam']}, category-head weight {c['cat_weight']}, seed {c['seed']}.",
         f"- Wall time: **{s['wall_seconds'] / 60:.1f} min** for this invocation on 2 shared CPU "
-        "cores" + (f" (the trunk cache was reused; building it took {cache['seconds'] / 60:.1f} "
-                   f"min more: {cache.get('note', '')})" if cache.get("reused") else "") + "." + (f" Variants skipped by the deadline: {', '.join(s['skipped'])}."
+        "cores." + (f" Variants skipped by the deadline: {', '.join(s['skipped'])}."
                         if s.get("skipped") else "") + "\n",
         "| variant | text encoder | training τ | train img/s | train min |",
         "|---|---|---|---|---|", *rows, ""])

@@ -95,7 +95,7 @@ def test_cache_is_built_once_and_reused_across_variants(tmp_path: Path) -> None:
     np.testing.assert_allclose(cache[:, 0], ref, rtol=1e-2, atol=1e-2)  # float16
 
     cfg = TrainConfig(train_manifest=Path("unused.jsonl"), epochs=3, batch_size=4, lr=0.05,
-                      schedule="constant", weight_decay=0.0)
+                      schedule="constant", weight_decay=0.0, tau=0.0)
     y, cat = clean.targets, clean.categories
     ids = torch.randint(2, 12, (12, 4))
     for encoder in (None, "bilinear_attention"):

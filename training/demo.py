@@ -45,6 +45,9 @@ def train_sicot(catalog: Path, out: Path, *, epochs: int, quick: bool) -> Path:
     fields: dict[str, Any] = {
         "train_manifest": catalog / "train" / "manifest.jsonl",
         "query_manifest": catalog / "queries" / "manifest.jsonl",
+        # the recipe (training.recipe): customer views of the catalog packshots, cosine head
+        # with margin, MixStyle, logit adjustment; only its size and depth are the demo's
+        "catalog_manifest": catalog / "catalog" / "manifest.jsonl",
         "output_dir": out, "backbone": "efficientnet_lite0", "pretrained": True,
         # ImageNet trunk frozen but for its last block: a few minutes on 2 cores; fine-tuning
         # more blocks helps accuracy but costs ~5x per image (MEASUREMENTS.md)

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.preprocess import ResizeMode
 from service.settings import SettingsError
+from training.recipe import RECIPE
 
 ENV_PREFIX = "SKU_TRAIN_"
 _NONE_WORDS = {"", "none", "null", "baseline", "off"}
@@ -48,7 +49,7 @@ class TrainConfig(BaseSettings):
         None, description="catalog packshots (JSONL/CSV), trained on as customer views: each "
         "the main product of a synthetic real-shot scene, cropped like the online path")
     catalog_views_per_epoch: int = Field(
-        4, ge=0, description="customer views of each catalog image per epoch")
+        RECIPE.catalog_views_per_epoch, ge=0, description="customer views of each catalog image per epoch")
     query_crop: bool = Field(True, description="crop query photos to their true box")
     crop_margin: float = Field(0.1, ge=0, le=1, description="box margin, fraction of its size")
     title_with_tags: bool = Field(False, description="append the tags to the title text")
@@ -70,13 +71,15 @@ class TrainConfig(BaseSettings):
     )
     resize: ResizeMode | None = Field(None, description="letterbox | squash | center_crop")
     embed_dim: int = Field(512, ge=8, description="shared dimension d of v, s and W")
-    dropout: float = Field(0.2, ge=0, lt=1, description="on backbone features")
+    dropout: float = Field(RECIPE.dropout, ge=0, lt=1, description="on backbone features")
     head: Literal["linear", "cosine"] = Field(
-        "linear", description="SKU classifier: linear or cosine (normalised softmax)")
-    cosine_scale: float = Field(16.0, gt=0, description="γ of the cosine head")
-    cosine_margin: float = Field(0.0, ge=0, lt=1, description="additive cosine margin m")
+        RECIPE.head, description="SKU classifier: linear or cosine (normalised softmax)")
+    cosine_scale: float = Field(RECIPE.cosine_scale, gt=0, description="γ of the cosine head")
+    cosine_margin: float = Field(
+        RECIPE.cosine_margin, ge=0, lt=1, description="additive cosine margin m")
     mix_style_p: float = Field(
-        0.0, ge=0, le=1, description="MixStyle probability at the first trained block")
+        RECIPE.mix_style_p, ge=0, le=1,
+        description="MixStyle probability at the first trained block")
     text_encoder: str | None = Field(
         "bilinear_attention", description="semantic stream; none = visual-only baseline"
     )
@@ -88,7 +91,7 @@ class TrainConfig(BaseSettings):
 
     # --- loss ------------------------------------------------------------------------------
     lam: float = Field(1.0, ge=0, description="weight of CE(W max(v, s)) in the SICoT loss")
-    tau: float = Field(0.0, ge=0, description="logit-adjusted CE during training (0 = plain)")
+    tau: float = Field(RECIPE.tau, ge=0, description="logit-adjusted CE during training (0 = plain)")
     cat_weight: float = Field(0.2, ge=0, description="weight of the category head's CE")
 
     # --- optimisation ----------------------------------------------------------------------
