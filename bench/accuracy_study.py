@@ -313,13 +313,22 @@ def merged_accuracy(logits: np.ndarray, sims: np.ndarray, nn_idx: np.ndarray,
     return {"top1": 100 * float(np.mean(hits1)), "top3": 100 * float(np.mean(hits3))}
 
 
-def train_variant(st: Study, v: Variant, desc: str) -> tuple[Any, Any]:
-    """Build the variant's model and train it on the cached sources: (model, TrainResult)."""
-    vcfg = st.cfg.model_copy(update={
+def variant_config(st: Study, v: Variant) -> TrainConfig:
+    return st.cfg.model_copy(update={
         "text_encoder": v.text_encoder, "tau": v.tau, "epochs": v.epochs, "lr": v.lr,
         "lam": v.lam, "dropout": v.dropout, "head": v.head, "cosine_scale": v.scale,
         "cosine_margin": v.margin, "mix_style_p": v.mix_style})
-    model = builders.build_model(vcfg, st.splits.labels, st.text if v.text_encoder else None)
+
+
+def build_variant_model(st: Study, v: Variant) -> Any:
+    return builders.build_model(variant_config(st, v), st.splits.labels,
+                                st.text if v.text_encoder else None)
+
+
+def train_variant(st: Study, v: Variant, desc: str) -> tuple[Any, Any]:
+    """Build the variant's model and train it on the cached sources: (model, TrainResult)."""
+    vcfg = variant_config(st, v)
+    model = build_variant_model(st, v)
     sources = sources_for(st, v)
     prior = torch.from_numpy(log_prior_from_counts(epoch_counts(sources, model.cfg.num_classes)))
     reg = TailRegularizers(feature_dropout=v.feature_dropout, mix_style_p=v.mix_style,

@@ -128,7 +128,11 @@ def build_model(cfg: TrainConfig, labels: LabelMap, text: TextData | None) -> SI
     model = SICoTModel(model_config(cfg, labels, text),
                        word_vectors=text.vectors if text is not None else None)
     if cfg.mix_style_p > 0:
-        install_mix_style(model, cfg.mix_style_p)
+        if 0 <= cfg.freeze_blocks < len(model.backbone._block_list()):
+            install_mix_style(model, cfg.mix_style_p)
+        else:  # the whole backbone frozen: no trained block to mix the statistics of
+            log.info("MixStyle off: no trained backbone block (freeze_blocks %d)",
+                     cfg.freeze_blocks)
     return model
 
 
