@@ -29,7 +29,13 @@ from service.fusion import (
     search_vote,
     softmax,
 )
-from service.localize import LocalizerConfig, expand_box, postprocess, select_main_box
+from service.localize import (
+    PREDICTED_BOX_MARGIN,
+    LocalizerConfig,
+    expand_box,
+    postprocess,
+    select_main_box,
+)
 from service.preprocess import preprocess
 
 RunFn = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -72,7 +78,7 @@ class RecognizeOptions:
 class OnlineConfig:
     """Knobs of the online path (the service's settings fill them)."""
 
-    margin: float = 0.1
+    margin: float = PREDICTED_BOX_MARGIN
     search_k: int = 30
     fusion_weight: float = 0.7  # share of the search vote in the category fusion
     vote_temperature: float = 0.1  # category vote: softmax temperature over cosine sims

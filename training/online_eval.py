@@ -34,7 +34,7 @@ from service.artifact import Artifact, load_artifact
 from service.binary_index import BinarySpec
 from service.fusion import fuse, search_vote, softmax
 from service.imageio import decode_image, read_image_bytes
-from service.localize import LocalizerConfig, expand_box, localize_image
+from service.localize import PREDICTED_BOX_MARGIN, LocalizerConfig, expand_box, localize_image
 from service.preprocess import preprocess
 from service.recognizer import IndexSnapshot, OnlineConfig, Recognizer
 from service.vector_index import IndexSpec, VectorIndex
@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for report.json")
     p.add_argument("--docs", default=None, help="also write this markdown file")
     p.add_argument("--limit", type=int, default=None, help="first N queries only")
-    p.add_argument("--margin", type=float, default=0.1, help="crop margin around the box")
+    p.add_argument("--margin", type=float, default=PREDICTED_BOX_MARGIN,
+                   help="crop margin around the predicted box")
     p.add_argument("--search-k", type=int, default=30, help="neighbours of the search vote")
     p.add_argument("--val-share", type=float, default=0.5, help="queries used to tune weights")
     p.add_argument("--weights", type=float, nargs="+",

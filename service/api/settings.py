@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.localize import PREDICTED_BOX_MARGIN
 from service.settings import (
     ImageLimits,
     OnnxRuntimeSettings,
@@ -62,7 +63,8 @@ class ServiceSettings(BaseSettings):
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503")
 
     # online path
-    localizer_margin: float = Field(0.1, ge=0.0, le=1.0, description="crop margin around the box")
+    localizer_margin: float = Field(PREDICTED_BOX_MARGIN, ge=0.0, le=1.0,
+                                    description="crop margin around the localizer's box")
     search_k: int = Field(30, ge=1, le=1000, description="neighbours of the category vote")
 
     @field_validator("redis_url")
