@@ -44,7 +44,9 @@ class VectorSearch(Protocol):
 
 
 class SkuLookup(Protocol):
-    def get_skus(self, version: str, sku_ids: Sequence[str]) -> list[dict[str, Any] | None]: ...
+    def get_skus(
+        self, version: str, sku_ids: Sequence[str], *, published: bool = False
+    ) -> list[dict[str, Any] | None]: ...
 
 
 @dataclass
@@ -234,7 +236,7 @@ class Recognizer:
         )
         clock.lap("fuse")
 
-        metas = store.get_skus(snap.version, [m.sku_id for m in merged]) if merged else []
+        metas = store.get_skus(snap.version, [m.sku_id for m in merged], published=True)
         candidates: list[Candidate] = []
         for m, meta in zip(merged, metas, strict=True):
             if meta is None:  # the SKU left the catalog after the model was trained

@@ -117,7 +117,9 @@ def compose_image_kind(svc: dict[str, Any]) -> str | None:
 
 
 def interpolate(value: str) -> str:
-    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR} with an empty environment."""
+    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR} with an empty environment, and
+    ${VAR:?error} (required) as if the operator had set it."""
+    value = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?[^}]*\}", r"operator-set-\1", value)
     value = re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
     return value.replace("$$", "$")
 
@@ -589,7 +591,7 @@ def test_deployment_probes_ports_and_read_only_data() -> None:
     from service.api.app import create_app
     from service.api.settings import ServiceSettings
 
-    routes = set(route_paths(create_app(ServiceSettings()).routes))
+    routes = set(route_paths(create_app(ServiceSettings(auth="disabled")).routes))
     (dep,) = k8s_objects("Deployment")
     spec = pod_spec(dep)
     assert spec["terminationGracePeriodSeconds"] >= 15
