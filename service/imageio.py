@@ -112,7 +112,8 @@ def _reduce(img: Image.Image, target: int | None) -> Image.Image:
     """Shrink by an integer factor right after decoding, while the model needs at most
     ``target`` px a side: orientation and RGB conversion then copy the small image, not the
     full one (JPEG is already decoded small through ``draft``)."""
-    factor = max(img.size) // target if target else 1
+    # like JPEG's draft: both sides stay at least ``target`` (a 20000x16 strip is not reduced)
+    factor = min(img.size) // target if target else 1
     if factor < 2 or img.mode not in _REDUCIBLE:
         return img
     try:
