@@ -157,7 +157,7 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             fmt = img.format or ""
             if fmt not in SUPPORTED_FORMATS:
                 raise UnsupportedImageType(f"image format {fmt or 'unknown'} is not supported")
