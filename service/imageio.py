@@ -93,6 +93,13 @@ _REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "RGBa", "La", "I", "F", "CMYK"
                         "I;16", "I;16B", "I;16L"})
 # above this, freed pixel buffers are handed back to the OS (see release_freed_memory)
 LARGE_DECODE_PIXELS = 4_000_000
+FULL_SIZE = "sku_full_size"  # Image.info key: (w, h) of the upright photo before reduction
+
+
+def full_size(img: Image.Image) -> tuple[int, int]:
+    """The size of the photo as sent (upright), before any reduced-size decoding."""
+    size = img.info.get(FULL_SIZE)
+    return (int(size[0]), int(size[1])) if size else img.size
 
 
 def _orientation(img: Image.Image) -> int:
@@ -176,6 +183,8 @@ def decode_image(
             img.load()
             img = _reduce(img, draft_size)
             out = _to_rgb(_orient(img, orientation))
+            # the upright size of the photo as sent: boxes are given and answered in it
+            out.info[FULL_SIZE] = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
         if w * h >= LARGE_DECODE_PIXELS:
             release_freed_memory()
         return out

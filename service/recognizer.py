@@ -191,7 +191,7 @@ class Recognizer:
         hint = self.resolve_category(opts.category, snap) if opts.category else None
 
         if opts.roi is not None:
-            box, src, box_score = _clip_roi(opts.roi, (w, h)), "roi", None
+            box, src, box_score = clip_roi(opts.roi, (w, h)), "roi", None
         else:
             box, src, box_score = self.locate(img)
         clock.lap("localize")
@@ -260,7 +260,7 @@ class Recognizer:
         )
 
 
-def _clip_roi(
+def clip_roi(
     roi: tuple[float, float, float, float], size: tuple[int, int]
 ) -> tuple[float, float, float, float]:
     w, h = size

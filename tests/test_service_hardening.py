@@ -219,6 +219,23 @@ def test_roi_as_a_flat_json_list(client: TestClient, index: dict) -> None:
         assert r.status_code == 422, bad
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_large_photos_are_decoded_reduced_but_answered_in_their_own_pixels(
+    client: TestClient, fmt: str
+) -> None:
+    img = Image.linear_gradient("L").resize((2400, 1800)).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    r = client.post("/recognize", params={"roi": "100,200,1300,1000"}, content=buf.getvalue(),
+                    headers={**HEADERS, "Content-Type": f"image/{fmt.lower()}"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["image_size"] == {"width": 2400, "height": 1800}
+    assert body["box"]["pixels"] == pytest.approx([100, 200, 1300, 1000], abs=0.01)
+    assert body["box"]["normalized"] == pytest.approx([100 / 2400, 200 / 1800, 1300 / 2400,
+                                                       1000 / 1800], abs=1e-3)
+
+
 def test_big_endian_16_bit_tiff_is_recognised(client: TestClient) -> None:
     img = Image.linear_gradient("L").resize((64, 64)).convert("I").convert("I;16B")
     buf = io.BytesIO()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -30,8 +31,8 @@ from service.api.schemas import (
     RecognizeResponse,
 )
 from service.api.state import REDIS_DOWN, ServiceState
-from service.imageio import ImageError, decode_image
-from service.recognizer import Recognition, RecognizeOptions, UnknownCategory
+from service.imageio import ImageError, decode_image, full_size
+from service.recognizer import Recognition, RecognizeOptions, UnknownCategory, clip_roi
 from service.store import VersionGone
 
 log = logging.getLogger(__name__)
@@ -156,9 +157,15 @@ def _category(r: Recognition) -> CategoryPrediction | None:
 
 
 def build_response(state: ServiceState, request_id: str, r: Recognition,
-                   snap: Any, decode_ms: float) -> RecognizeResponse:
+                   snap: Any, decode_ms: float,
+                   scale: tuple[float, float] = (1.0, 1.0)) -> RecognizeResponse:
+    """``scale``: decoded pixels per pixel of the photo sent; the answer is in the latter."""
+    sx, sy = scale
     w, h = r.image_size
     x0, y0, x1, y1 = r.box
+    nx0, ny0, nx1, ny1 = x0 / w, y0 / h, x1 / w, y1 / h
+    w, h = round(w / sx), round(h / sy)
+    x0, y0, x1, y1 = (round(v, 3) for v in _scaled(r.box, (1 / sx, 1 / sy)))
     rec = state.recognizer
     timings = {"decode": round(decode_ms, 3), **{k: round(v, 3) for k, v in r.timings_ms.items()}}
     timings["total"] = round(timings["total"] + decode_ms, 3)
@@ -168,7 +175,7 @@ def build_response(state: ServiceState, request_id: str, r: Recognition,
         status="recognized" if r.best is not None else "no_match",
         sku=_candidate(r.best) if r.best is not None else None,
         candidates=candidates, category=_category(r),
-        box=BoxUsed(pixels=(x0, y0, x1, y1), normalized=(x0 / w, y0 / h, x1 / w, y1 / h),
+        box=BoxUsed(pixels=(x0, y0, x1, y1), normalized=(nx0, ny0, nx1, ny1),
                     source=r.box_source, score=r.box_score),  # type: ignore[arg-type]
         image_size=ImageSize(width=w, height=h),
         model_version=rec.sicot.config.model_version if rec else "",
@@ -292,10 +299,23 @@ def _run(state: ServiceState, request_id: str, data: bytes, opts: RecognizeOptio
     draft = max(state.recognizer.sicot.preprocess.input_size * 4, 512)  # type: ignore[union-attr]
     img = decode_image(data, state.settings.limits, draft_size=draft)
     decode_ms = (time.perf_counter() - t0) * 1000.0
+    # a large photo is decoded reduced; the client's roi and the answer's box and size are in
+    # the pixels of the photo it sent
+    fw, fh = full_size(img)
+    scale = (img.width / fw, img.height / fh)
+    if opts.roi is not None:  # checked against the photo as sent, then scaled
+        opts = dataclasses.replace(opts, roi=_scaled(clip_roi(opts.roi, (fw, fh)), scale))
     r = state.recognizer.recognize(img, snap, state.store, opts)  # type: ignore[union-attr, arg-type]
     state.metrics.observe_stages({"decode": decode_ms, **r.timings_ms})
     state.metrics.recognitions.labels("recognized" if r.best else "no_match").inc()
-    return build_response(state, request_id, r, snap, decode_ms)
+    return build_response(state, request_id, r, snap, decode_ms, scale)
+
+
+def _scaled(box: tuple[float, float, float, float], scale: tuple[float, float],
+            ) -> tuple[float, float, float, float]:
+    sx, sy = scale
+    x0, y0, x1, y1 = box
+    return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
 
 
 def _is_redis_error(exc: Exception) -> bool:
