@@ -39,7 +39,10 @@ class GcResult:
 def kept_versions(store: SkuStore, keep: int) -> list[str]:
     current = store.current_version()
     history = [v for v in store.history() if v != current]
-    return ([current] if current else []) + history[:keep]
+    kept = ([current] if current else []) + history[:keep]
+    # a running service may still serve an older version (it has not polled yet, or Redis was
+    # re-published under it): never delete what a service reports as served
+    return kept + [v for v in store.served_versions() if v not in kept]
 
 
 def _batched(it: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
@@ -55,7 +58,8 @@ def _batched(it: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
 
 def gc(store: SkuStore, index_dir: Path | None, keep: int, *, dry_run: bool = False,
        progress: bool = True, batch: int = 500) -> GcResult:
-    """Delete every version except the current one and ``keep`` rollback targets."""
+    """Delete every version except the current one, ``keep`` rollback targets and the
+    versions running services report as served."""
     keys, client = store.keys, store.client
     kept = kept_versions(store, keep)
     keep_set = set(kept)

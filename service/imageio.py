@@ -8,6 +8,7 @@ decompression-bomb guard stays on as a second line.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import urllib.request
@@ -15,7 +16,8 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from service.settings import ImageLimits
 
@@ -44,6 +46,10 @@ class ImageTooLarge(ImageError):
     code = "image_too_large"
 
 
+class ImageTooSmall(ImageError):
+    code = "image_too_small"
+
+
 class UnsupportedImageType(ImageError):
     code = "unsupported_image_type"
 
@@ -59,10 +65,87 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        img = img.point(lambda v: v / 256) if img.mode.startswith("I;16") else img
-        img = img.convert("L")
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _to_8bit(img)
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit integer and float greyscale → L, through numpy (Pillow's ``point`` and
+    ``convert`` do not support every one of these modes, e.g. big-endian ``I;16B``).
+    Integers are taken as 16-bit samples when they exceed 255; floats as [0, 1] when they
+    fit in it, else as 0-255."""
+    a = np.asarray(img).astype(np.float32)
+    top = float(a.max()) if a.size else 0.0
+    if img.mode == "F":
+        a = a * 255.0 if top <= 1.0 else a
+    elif img.mode.startswith("I;16") or top > 255:
+        a = a / 257.0
+    return Image.fromarray(np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8), mode="L")
+
+
+# EXIF orientation → the transpose that makes the image upright
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+           6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+_REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "RGBa", "La", "I", "F", "CMYK", "YCbCr",
+                        "I;16", "I;16B", "I;16L"})
+# above this, freed pixel buffers are handed back to the OS (see release_freed_memory)
+LARGE_DECODE_PIXELS = 4_000_000
+FULL_SIZE = "sku_full_size"  # Image.info key: (w, h) of the upright photo before reduction
+
+
+def full_size(img: Image.Image) -> tuple[int, int]:
+    """The size of the photo as sent (upright), before any reduced-size decoding."""
+    size = img.info.get(FULL_SIZE)
+    return (int(size[0]), int(size[1])) if size else img.size
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block is ignored, not fatal
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _orient(img: Image.Image, orientation: int) -> Image.Image:
+    method = _ORIENT.get(orientation)
+    return img.transpose(method) if method is not None else img
+
+
+def _reduce(img: Image.Image, target: int | None) -> Image.Image:
+    """Shrink by an integer factor right after decoding, while the model needs at most
+    ``target`` px a side: orientation and RGB conversion then copy the small image, not the
+    full one (JPEG is already decoded small through ``draft``)."""
+    # like JPEG's draft: both sides stay at least ``target`` (a 20000x16 strip is not reduced)
+    factor = min(img.size) // target if target else 1
+    if factor < 2 or img.mode not in _REDUCIBLE:
+        return img
+    try:
+        return img.reduce(factor)
+    except ValueError:  # a mode this Pillow cannot reduce: keep the full size
+        return img
+
+
+def release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``).  Large decodes free
+    tens of MB that glibc otherwise keeps in its arenas: a worker would stay at its
+    high-water mark.  A no-op where glibc is absent."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _find_malloc_trim():  # type: ignore[no-untyped-def]
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim()
 
 
 def decode_image(
@@ -81,7 +164,7 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             fmt = img.format or ""
             if fmt not in SUPPORTED_FORMATS:
                 raise UnsupportedImageType(f"image format {fmt or 'unknown'} is not supported")
@@ -91,12 +174,20 @@ def decode_image(
                     f"image is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels}"
                 )
             if min(w, h) < limits.min_side:
-                raise ImageDecodeError(f"image is {w}x{h}; each side must be >= {limits.min_side}")
+                raise ImageTooSmall(
+                    f"image is {w}x{h} pixels; each side must be at least {limits.min_side}"
+                )
+            orientation = _orientation(img)
             if draft_size and fmt == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
-            oriented: Image.Image = ImageOps.exif_transpose(img) or img
-            return _to_rgb(oriented)
+            img = _reduce(img, draft_size)
+            out = _to_rgb(_orient(img, orientation))
+            # the upright size of the photo as sent: boxes are given and answered in it
+            out.info[FULL_SIZE] = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        if w * h >= LARGE_DECODE_PIXELS:
+            release_freed_memory()
+        return out
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -50,7 +50,9 @@ class VectorSearch(Protocol):
 
 
 class SkuLookup(Protocol):
-    def get_skus(self, version: str, sku_ids: Sequence[str]) -> list[dict[str, Any] | None]: ...
+    def get_skus(
+        self, version: str, sku_ids: Sequence[str], *, published: bool = False
+    ) -> list[dict[str, Any] | None]: ...
 
 
 @dataclass
@@ -195,7 +197,7 @@ class Recognizer:
         hint = self.resolve_category(opts.category, snap) if opts.category else None
 
         if opts.roi is not None:
-            box, src, box_score = _clip_roi(opts.roi, (w, h)), "roi", None
+            box, src, box_score = clip_roi(opts.roi, (w, h)), "roi", None
         else:
             box, src, box_score = self.locate(img)
         clock.lap("localize")
@@ -240,7 +242,7 @@ class Recognizer:
         )
         clock.lap("fuse")
 
-        metas = store.get_skus(snap.version, [m.sku_id for m in merged]) if merged else []
+        metas = store.get_skus(snap.version, [m.sku_id for m in merged], published=True)
         candidates: list[Candidate] = []
         for m, meta in zip(merged, metas, strict=True):
             if meta is None:  # the SKU left the catalog after the model was trained
@@ -264,7 +266,7 @@ class Recognizer:
         )
 
 
-def _clip_roi(
+def clip_roi(
     roi: tuple[float, float, float, float], size: tuple[int, int]
 ) -> tuple[float, float, float, float]:
     w, h = size

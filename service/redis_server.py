@@ -186,12 +186,16 @@ def _ping_raw(port: int) -> bool:
         return False
 
 
-def connect(url: str, *, timeout_s: float = 2.0) -> redis.Redis:
-    """A redis-py client for ``url`` that has answered PING; raises :class:`RedisUnavailable`."""
+def connect(
+    url: str, *, timeout_s: float = 2.0, connect_timeout_s: float | None = None
+) -> redis.Redis:
+    """A redis-py client for ``url`` that has answered PING; raises :class:`RedisUnavailable`.
+    ``timeout_s`` bounds every command (socket timeout), ``connect_timeout_s`` each connect."""
     import redis
 
     client = redis.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30
+        url, socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s or timeout_s,
+        health_check_interval=30,
     )
     try:
         client.ping()

@@ -42,7 +42,11 @@ class ImageLimits(BaseModel):
     """Limits applied to every image decoded from outside (uploads, catalog files)."""
 
     max_bytes: int = Field(15 * 1024 * 1024, gt=0, description="largest accepted file")
-    max_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")
+    max_pixels: int = Field(
+        25_000_000, gt=0,
+        description="largest accepted pixel count: phone photos are 12-24 Mpx (4000x3000 to "
+        "6000x4000); it bounds the memory one request can take while decoding",
+    )
     min_side: int = Field(16, gt=0, description="smallest accepted width or height")
 
 

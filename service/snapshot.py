@@ -28,6 +28,10 @@ class SnapshotError(RuntimeError):
     """A published version cannot be loaded (files missing, corrupt, or not what it claims)."""
 
 
+class ManifestMissing(SnapshotError):
+    """The version's manifest is not in Redis (yet, or any more): worth trying again later."""
+
+
 def version_folder(index_dir: Path, manifest: VersionManifest) -> Path:
     """``<index_dir>/<version>``, else the folder recorded at build time."""
     for folder in (Path(index_dir) / manifest.version, Path(manifest.index_dir)):
@@ -55,7 +59,7 @@ def load_snapshot(
 ) -> IndexSnapshot:
     manifest = store.get_manifest(version)
     if manifest is None:
-        raise SnapshotError(f"index version {version} has no manifest in Redis")
+        raise ManifestMissing(f"index version {version} has no manifest in Redis")
     folder = version_folder(index_dir, manifest)
     verify_files(folder, manifest, checksums=checksums)
     try:
@@ -76,7 +80,12 @@ class IndexFollower:
     """Polls the current pointer; loads a newly published version and swaps it in.
 
     ``snapshot`` is replaced by one reference assignment, so a request that already took the
-    old snapshot finishes with it (its Redis keys stay until ``gc``, which keeps K versions).
+    old snapshot finishes with it (its Redis keys stay until ``gc``, which keeps K versions and
+    every version a service marks as served).
+
+    When the pointer or the served version's manifest is gone (Redis restarted empty, the
+    version deleted) the snapshot is dropped: its SKU data cannot be trusted, and answering
+    from it would give silent wrong answers.  The next published version is loaded as usual.
     """
 
     def __init__(
@@ -86,48 +95,68 @@ class IndexFollower:
         *,
         checksums: bool = True,
         expected_model_version: str | None = None,
-        on_change: Callable[[IndexSnapshot], None] | None = None,
+        on_change: Callable[[IndexSnapshot | None], None] | None = None,
+        served_ttl_s: float | None = None,
     ) -> None:
         self.store = store
         self.index_dir = Path(index_dir)
         self.checksums = checksums
         self.expected_model_version = expected_model_version
         self.on_change = on_change
+        self.served_ttl_s = served_ttl_s
         self.snapshot: IndexSnapshot | None = None
         self.last_error: str | None = None
         self._failed: set[str] = set()
         self._lock = threading.Lock()
 
     def refresh(self) -> bool:
-        """Check the pointer once; returns True when a new version was loaded.  Raises only
-        what reaching Redis raises (the caller decides how to report that)."""
+        """Check the pointer once; returns True when the snapshot changed (a new version was
+        loaded, or the served one dropped).  Raises only what reaching Redis raises (the
+        caller decides how to report that)."""
         version = self.store.current_version()
         with self._lock:
-            if version is None:
-                self.last_error = "no index version has been published yet"
-                return False
-            if self.snapshot is not None and self.snapshot.version == version:
-                return False
-            if version in self._failed:
-                return False
-            try:
-                snap = load_snapshot(self.store, self.index_dir, version, checksums=self.checksums)
-                if self.expected_model_version and snap.model_version != self.expected_model_version:
-                    # embeddings of two models live in different spaces: neighbours would be noise
-                    raise SnapshotError(
-                        f"index version {version} was built with model {snap.model_version}, "
-                        f"the service runs {self.expected_model_version}"
-                    )
-            except SnapshotError as exc:
-                self._failed.add(version)
-                self.last_error = str(exc)
-                log.error("index version %s not loaded, keeping %s: %s", version,
-                          self.snapshot.version if self.snapshot else None, exc)
-                return False
             old = self.snapshot
-            self.snapshot = snap
-            self.last_error = None
-        log.info("serving index version %s (was %s)", version, old.version if old else None)
+            if version is None:
+                self._drop("no index version is published (the current pointer is absent)")
+            elif old is None or old.version != version:
+                self._load(version)
+            snap = self.snapshot
+            if snap is not None and snap is old and not self.store.has_manifest(snap.version):
+                self._drop(f"index version {snap.version} is no longer in Redis")
+                snap = None
+        if snap is not None and self.served_ttl_s:
+            self.store.mark_served(snap.version, self.served_ttl_s)
+        if snap is old:
+            return False
+        log.info("serving index version %s (was %s)", snap.version if snap else None,
+                 old.version if old else None)
         if self.on_change is not None:
             self.on_change(snap)
         return True
+
+    def _drop(self, reason: str) -> None:
+        if self.snapshot is not None:
+            log.error("index version %s dropped: %s", self.snapshot.version, reason)
+        self.snapshot = None
+        self.last_error = reason
+
+    def _load(self, version: str) -> None:
+        if version in self._failed:
+            return
+        try:
+            snap = load_snapshot(self.store, self.index_dir, version, checksums=self.checksums)
+            if self.expected_model_version and snap.model_version != self.expected_model_version:
+                # embeddings of two models live in different spaces: neighbours would be noise
+                raise SnapshotError(
+                    f"index version {version} was built with model {snap.model_version}, "
+                    f"the service runs {self.expected_model_version}"
+                )
+        except SnapshotError as exc:
+            if not isinstance(exc, ManifestMissing):  # a manifest may still come: retry it
+                self._failed.add(version)
+            self.last_error = str(exc)
+            log.error("index version %s not loaded, keeping %s: %s", version,
+                      self.snapshot.version if self.snapshot else None, exc)
+            return
+        self.snapshot = snap
+        self.last_error = None

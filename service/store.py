@@ -53,6 +53,11 @@ class StoreError(RuntimeError):
     """The store's content contradicts what a caller asked (unknown version, no history...)."""
 
 
+class VersionGone(StoreError):
+    """The manifest of a version being served is gone (Redis restarted empty, the version was
+    deleted): its SKU hashes cannot be trusted to be there, so an answer would be wrong."""
+
+
 def check_version(version: str) -> str:
     """A version id: letters, digits, ``._-`` (no ``:`` or glob characters), ≤ 128 chars."""
     if not isinstance(version, str) or not VERSION_RE.match(version):
@@ -84,6 +89,14 @@ class KeySchema:
     @property
     def lock(self) -> str:
         return self._ctl("lock")
+
+    @property
+    def served(self) -> str:
+        return self._ctl("served")
+
+    def rate_limit(self, key_id: str) -> str:
+        """Token bucket of one API key (``key_id``: a digest prefix, never the key)."""
+        return self._ctl(f"ratelimit:{key_id}")
 
     def manifest(self, version: str) -> str:
         return self._ctl(f"manifest:{check_version(version)}")
@@ -241,22 +254,49 @@ class SkuStore:
         raw = self.client.get(self.keys.manifest(version))
         return None if raw is None else VersionManifest.model_validate_json(raw)
 
+    def has_manifest(self, version: str) -> bool:
+        return bool(self.client.exists(self.keys.manifest(version)))
+
     def current_manifest(self) -> VersionManifest | None:
         version = self.current_version()
         return None if version is None else self.get_manifest(version)
 
-    def get_skus(self, version: str, sku_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    def get_skus(
+        self, version: str, sku_ids: Sequence[str], *, published: bool = False
+    ) -> list[dict[str, Any] | None]:
         """The SKU hashes of ``sku_ids`` in ``version``, in order, ``None`` where absent —
-        one round trip (a non-transactional pipeline of HGETALL)."""
-        if not sku_ids:
+        one round trip (a non-transactional pipeline of HGETALL).  With ``published`` the
+        same round trip checks that the version's manifest still exists and raises
+        :class:`VersionGone` otherwise: one absent SKU is a deleted SKU, an absent version is
+        missing data."""
+        if not sku_ids and not published:
             return []
         pipe = self.client.pipeline(transaction=False)
+        if published:
+            pipe.exists(self.keys.manifest(version))
         for sku_id in sku_ids:
             pipe.hgetall(self.keys.sku(version, sku_id))
-        return [decode_sku_hash(raw) for raw in pipe.execute()]
+        raws = pipe.execute()
+        if published and not raws.pop(0):
+            raise VersionGone(f"index version {version} is no longer in Redis")
+        return [decode_sku_hash(raw) for raw in raws]
 
     def history(self) -> list[str]:
         return [_text(v) or "" for v in self.client.lrange(self.keys.history, 0, -1)]
+
+    def mark_served(self, version: str, ttl_s: float) -> None:
+        """Record that a running service serves ``version`` for the next ``ttl_s`` seconds
+        (renewed at every poll), so that ``gc`` never deletes it under the service."""
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.keys.served, {check_version(version): now + ttl_s})
+        pipe.zremrangebyscore(self.keys.served, "-inf", now)
+        pipe.execute()
+
+    def served_versions(self) -> list[str]:
+        """Versions some service reported as served within its TTL."""
+        raw = self.client.zrangebyscore(self.keys.served, time.time(), "+inf")
+        return [_text(v) or "" for v in raw]
 
     def list_versions(self) -> list[VersionInfo]:
         """Every version the store knows, newest first: ``current``; ``published`` (in the

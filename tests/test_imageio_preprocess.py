@@ -11,7 +11,9 @@ from PIL import Image
 from service.imageio import (
     ImageDecodeError,
     ImageTooLarge,
+    ImageTooSmall,
     UnsupportedImageType,
+    _to_rgb,
     decode_image,
 )
 from service.preprocess import PreprocessConfig, crop_box, preprocess, preprocess_batch
@@ -27,12 +29,33 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:  # type: ignore[no-untyp
 @pytest.mark.parametrize(
     ("mode", "fmt"),
     [("RGB", "JPEG"), ("RGB", "WEBP"), ("RGBA", "PNG"), ("P", "PNG"), ("L", "PNG"),
-     ("CMYK", "JPEG"), ("LA", "PNG"), ("I;16", "PNG")],
+     ("CMYK", "JPEG"), ("LA", "PNG"), ("I;16", "PNG"), ("I;16B", "TIFF"), ("I;16", "TIFF"),
+     ("I", "TIFF"), ("F", "TIFF"), ("1", "PNG"), ("LAB", "TIFF"), ("YCbCr", "TIFF"),
+     ("CMYK", "TIFF")],
 )
 def test_every_mode_becomes_rgb(mode: str, fmt: str) -> None:
     img = Image.new("RGB", (40, 30), (250, 20, 20)).convert(mode)
     out = decode_image(_encode(img, fmt))
     assert out.mode == "RGB" and out.size == (40, 30)
+
+
+@pytest.mark.parametrize(
+    "mode", ["I;16", "I;16B", "I;16L", "I", "F", "1", "L", "P", "PA", "LA", "RGBA",
+             "CMYK", "YCbCr", "LAB", "HSV", "RGBX"],
+)
+def test_every_pillow_mode_converts_to_rgb(mode: str) -> None:
+    grey = Image.linear_gradient("L").resize((32, 24))
+    img = grey.convert("I").convert(mode) if mode.startswith("I") else grey.convert(mode)
+    if mode == "P":
+        img.info["transparency"] = 0
+    out = _to_rgb(img)
+    assert out.mode == "RGB" and out.size == (32, 24)
+
+
+def test_sixteen_bit_samples_keep_their_brightness() -> None:
+    img = Image.new("I;16B", (20, 20), 65535)
+    assert np.asarray(_to_rgb(img)).min() == 255
+    assert np.asarray(_to_rgb(Image.new("F", (20, 20), 0.5))).max() == 127
 
 
 def test_transparent_pixels_become_white() -> None:
@@ -60,7 +83,7 @@ def test_errors_are_typed() -> None:
         decode_image(b"hello, this is a text file\n" * 10)
     with pytest.raises(ImageTooLarge):
         decode_image(jpeg, ImageLimits(max_bytes=100))
-    with pytest.raises(ImageDecodeError, match="each side"):
+    with pytest.raises(ImageTooSmall, match="each side must be at least 16"):
         decode_image(_encode(Image.new("RGB", (4, 4)), "PNG"))
 
 

@@ -49,7 +49,9 @@ VIEWS = ("whole", "pred_crop", "true_crop")
 class NoMetadata:
     """The SKU store stand-in: the evaluation needs ids, not titles (no Redis round trip)."""
 
-    def get_skus(self, version: str, sku_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    def get_skus(
+        self, version: str, sku_ids: Sequence[str], *, published: bool = False
+    ) -> list[dict[str, Any] | None]:
         return [{} for _ in sku_ids]
 
 

@@ -6,8 +6,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from service import __version__
 from service.api.errors import install_error_handlers
@@ -38,17 +40,55 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         finally:
             await state.finalize()
 
+    docs = settings.docs_enabled
     app = FastAPI(
         title="SKU recognition",
         version=__version__,
         description="POST a product photo to /recognize; get the SKU with its catalog image, "
         "title and tags. Ops: /healthz, /readyz, /metrics.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
+    app.openapi = lambda: openapi_schema(app, settings)  # type: ignore[method-assign]
     install_error_handlers(app)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_body=settings.limits.max_bytes,
-        limited={"/recognize"},
+        limited={"/recognize"}, timeouts=settings.client_timeouts,
     )
     app.include_router(router)
     return app
+
+
+SECURED = (("/recognize", "post"), ("/skus/{sku_id}/thumbnail", "get"))
+
+
+def openapi_schema(app: FastAPI, settings: ServiceSettings) -> dict[str, Any]:
+    """FastAPI's schema, completed from the settings the code checks: option ranges, image
+    limits, and the API-key scheme (so generated clients send the key)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                       routes=app.routes)
+    s, lim = settings, settings.limits
+    post = spec["paths"]["/recognize"]["post"]
+    ranges = {
+        "top_k": {"type": "integer", "minimum": 1, "maximum": s.max_top_k,
+                  "default": s.default_top_k},
+        "min_score": {"type": "number", "minimum": 0.0, "maximum": 1.0,
+                      "default": s.default_min_score},
+    }
+    for param in post.get("parameters", []):
+        if param["name"] in ranges:
+            param["schema"] = {**ranges[param["name"]], "title": param["schema"].get("title")}
+    post["description"] += (
+        f"\n\nImage limits: at most {lim.max_bytes} bytes and {lim.max_pixels} pixels; each "
+        f"side at least {lim.min_side} px (else 400 image_too_small)."
+    )
+    if s.auth == "required":
+        spec.setdefault("components", {})["securitySchemes"] = {
+            "ApiKey": {"type": "apiKey", "in": "header", "name": s.api_key_header}}
+        for path, method in SECURED:
+            spec["paths"][path][method]["security"] = [{"ApiKey": []}]
+    app.openapi_schema = spec
+    return spec

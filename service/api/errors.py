@@ -13,8 +13,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from service.imageio import ImageDecodeError, ImageTooLarge, UnsupportedImageType
+from service.imageio import ImageDecodeError, ImageTooLarge, ImageTooSmall, UnsupportedImageType
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,17 @@ class ApiError(Exception):
 class Unavailable(ApiError):
     """503: models, index or Redis not available; clients should retry later."""
 
+    code_name = "unavailable"
+
     def __init__(self, message: str, retry_after_s: int = 5) -> None:
-        super().__init__(503, "unavailable", message, {"Retry-After": str(retry_after_s)})
+        super().__init__(503, self.code_name, message, {"Retry-After": str(retry_after_s)})
+
+
+class IndexUnavailable(Unavailable):
+    """503: no index version can be served (none published, or the served one's data is gone);
+    never a silent ``no_match``."""
+
+    code_name = "index_unavailable"
 
 
 class Overloaded(ApiError):
@@ -48,13 +58,16 @@ class Overloaded(ApiError):
 
 IMAGE_ERRORS: dict[type[Exception], int] = {
     ImageDecodeError: 400,
+    ImageTooSmall: 400,
     ImageTooLarge: 413,
     UnsupportedImageType: 415,
 }
 
 STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-                422: "invalid_options", 429: "overloaded", 503: "unavailable"}
+                408: "request_timeout", 422: "invalid_options", 429: "overloaded",
+                499: "client_closed_request", 503: "unavailable"}
+CLIENT_CLOSED = 499  # nginx's "client closed request": the client left, nobody reads this
 
 
 def error_response(
@@ -91,6 +104,14 @@ def install_error_handlers(app: FastAPI) -> None:
         code = STATUS_CODES.get(exc.status_code, "http_error")
         headers = dict(exc.headers) if exc.headers else None
         return error_response(request, exc.status_code, code, str(exc.detail), headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # not a server error: counted as 499 in /metrics, and no traceback in the log
+        log.info("client closed the request %s on %s %s",
+                 getattr(request.state, "request_id", None), request.method, request.url.path)
+        return error_response(request, CLIENT_CLOSED, "client_closed_request",
+                              "the client closed the connection", None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
+import dataclasses
+import functools
 import logging
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 
-from service.api.errors import ApiError, Overloaded, Unavailable
+from service.api.auth import take_token
+from service.api.errors import ApiError, IndexUnavailable, Overloaded, Unavailable
 from service.api.schemas import (
     BoxUsed,
     Candidate,
@@ -28,9 +30,10 @@ from service.api.schemas import (
     ReadyResponse,
     RecognizeResponse,
 )
-from service.api.state import ServiceState
-from service.imageio import ImageError, decode_image
-from service.recognizer import Recognition, RecognizeOptions, UnknownCategory
+from service.api.state import REDIS_DOWN, ServiceState
+from service.imageio import ImageError, decode_image, full_size
+from service.recognizer import Recognition, RecognizeOptions, UnknownCategory, clip_roi
+from service.store import VersionGone
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -47,16 +50,30 @@ State = Annotated[ServiceState, Depends(get_state)]
 
 
 def require_api_key(request: Request, state: State) -> None:
-    keys = state.settings.api_keys
-    if not keys:
+    """401 without a key, 403 with a wrong one, 429 when the key's own rate is exceeded."""
+    keys = state.api_keys
+    if keys is None:
+        raise Unavailable("the service is starting")
+    if not keys.enabled:
         return
-    given = request.headers.get(state.settings.api_key_header)
+    header = state.settings.api_key_header
+    given = request.headers.get(header)
     if not given:
-        raise ApiError(401, "missing_api_key",
-                       f"send your API key in the {state.settings.api_key_header} header",
+        raise ApiError(401, "missing_api_key", f"send your API key in the {header} header",
                        {"WWW-Authenticate": "ApiKey"})
-    if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+    policy = keys.check(given)
+    if policy is None:
         raise ApiError(403, "invalid_api_key", "the API key is not valid")
+    if state.redis_client is None:
+        return
+    try:
+        wait = take_token(state.redis_client, state.store.keys, policy)  # type: ignore[union-attr]
+    except Exception as exc:  # noqa: BLE001 - Redis down: the request fails later with 503
+        log.warning("rate limit of key %s not checked: %s", policy.key_id, exc)
+        return
+    if wait is not None:
+        raise ApiError(429, "rate_limited", "this API key's request rate is exceeded",
+                       {"Retry-After": str(max(1, math.ceil(wait)))})
 
 
 @contextlib.asynccontextmanager
@@ -74,14 +91,26 @@ async def admitted(state: ServiceState) -> AsyncIterator[None]:
         state.metrics.queue_depth.set(state.inflight)
 
 
+ROI_MAX_CHARS = 256
+
+
 def parse_roi(value: str | None) -> tuple[float, float, float, float] | None:
-    if value is None or value == "":
+    """``x0,y0,x1,y1`` (or the flat JSON list ``[x0,y0,x1,y1]``) in pixels; anything else is
+    422.  Parsed by splitting, never by a recursive parser: a hostile value is just text."""
+    text = (value or "").strip()
+    if not text:
         return None
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    parts = text.split(",") if len(text) <= ROI_MAX_CHARS else []
     try:
-        nums = json.loads(value) if value.strip().startswith("[") else value.split(",")
-        x0, y0, x1, y1 = (float(v) for v in nums)
-    except (ValueError, TypeError):
+        if len(parts) != 4:
+            raise ValueError
+        x0, y0, x1, y1 = (float(p) for p in parts)
+    except ValueError:
         raise ApiError(422, "invalid_options", "roi must be 'x0,y0,x1,y1' in pixels") from None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise ApiError(422, "invalid_options", "roi values must be finite numbers")
     if not (x1 > x0 and y1 > y0) or min(x0, y0) < 0:
         raise ApiError(422, "invalid_options", "roi needs 0 <= x0 < x1 and 0 <= y0 < y1")
     return (x0, y0, x1, y1)
@@ -128,9 +157,15 @@ def _category(r: Recognition) -> CategoryPrediction | None:
 
 
 def build_response(state: ServiceState, request_id: str, r: Recognition,
-                   snap: Any, decode_ms: float) -> RecognizeResponse:
+                   snap: Any, decode_ms: float,
+                   scale: tuple[float, float] = (1.0, 1.0)) -> RecognizeResponse:
+    """``scale``: decoded pixels per pixel of the photo sent; the answer is in the latter."""
+    sx, sy = scale
     w, h = r.image_size
     x0, y0, x1, y1 = r.box
+    nx0, ny0, nx1, ny1 = x0 / w, y0 / h, x1 / w, y1 / h
+    w, h = round(w / sx), round(h / sy)
+    x0, y0, x1, y1 = (round(v, 3) for v in _scaled(r.box, (1 / sx, 1 / sy)))
     rec = state.recognizer
     timings = {"decode": round(decode_ms, 3), **{k: round(v, 3) for k, v in r.timings_ms.items()}}
     timings["total"] = round(timings["total"] + decode_ms, 3)
@@ -140,7 +175,7 @@ def build_response(state: ServiceState, request_id: str, r: Recognition,
         status="recognized" if r.best is not None else "no_match",
         sku=_candidate(r.best) if r.best is not None else None,
         candidates=candidates, category=_category(r),
-        box=BoxUsed(pixels=(x0, y0, x1, y1), normalized=(x0 / w, y0 / h, x1 / w, y1 / h),
+        box=BoxUsed(pixels=(x0, y0, x1, y1), normalized=(nx0, ny0, nx1, ny1),
                     source=r.box_source, score=r.box_score),  # type: ignore[arg-type]
         image_size=ImageSize(width=w, height=h),
         model_version=rec.sicot.config.model_version if rec else "",
@@ -170,37 +205,71 @@ BODY_DOC = {"requestBody": {"required": True, "content": {
 async def recognize(
     request: Request,
     state: State,
-    top_k: Annotated[int | None, Query(ge=1, le=200, description="candidates to return")] = None,
+    # ranges are checked in _options for query and form alike; create_app writes them into
+    # the OpenAPI schema from the same settings
+    top_k: Annotated[int | None, Query(description="candidates to return")] = None,
     category: Annotated[str | None, Query(max_length=200, description="restrict to it")] = None,
     roi: Annotated[str | None, Query(description="known product box 'x0,y0,x1,y1' px")] = None,
-    min_score: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+    min_score: Annotated[float | None, Query(description="no_match below it")] = None,
 ) -> RecognizeResponse:
     """Recognise the product in a photo: the best SKU with its catalog metadata, the top-k
     candidates, the predicted category, the box used and the time of each stage.
-    When no candidate reaches ``min_score`` the status is ``no_match`` (not an error)."""
+    When no candidate reaches ``min_score`` the status is ``no_match`` (not an error).
+    Options come as query parameters or as form fields next to ``image`` (same rules)."""
     s = state.settings
-    snap = state.snapshot
-    if state.recognizer is None or snap is None or state.store is None:
-        raise Unavailable("the service is not ready (models or index not loaded)", s.retry_after_s)
+    ready_snapshot(state)  # fail fast, before reading a body that cannot be answered
+    # the body is read before taking a compute slot: a slow upload holds only its connection
+    # (and has a deadline, see middleware), never a place in the work queue
+    data, fields = await read_upload(request)
+    opts = _options(
+        s,
+        top_k if top_k is not None else _num(fields, "top_k", int),
+        category if category is not None else fields.get("category"),
+        parse_roi(roi if roi is not None else fields.get("roi")),
+        min_score if min_score is not None else _num(fields, "min_score", float),
+    )
     async with admitted(state):
-        data, fields = await read_upload(request)
-        opts = _options(s, top_k or _num(fields, "top_k", int), category or fields.get("category"),
-                        parse_roi(roi or fields.get("roi")),
-                        min_score if min_score is not None else _num(fields, "min_score", float))
+        snap = ready_snapshot(state)
         loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(
-                state.executor, _run, state, request.state.request_id, data, opts, snap)
-        except ImageError:
+        with redis_errors(request, state):
+            try:
+                return await loop.run_in_executor(
+                    state.executor, _run, state, request.state.request_id, data, opts, snap)
+            except UnknownCategory as exc:
+                raise ApiError(422, "unknown_category", str(exc)) from None
+            except ImageError:
+                raise
+            except ValueError as exc:
+                raise ApiError(422, "invalid_options", str(exc)) from None
+
+
+def ready_snapshot(state: ServiceState) -> Any:
+    """The index snapshot to answer from, or 503 saying what is missing."""
+    retry = state.settings.retry_after_s
+    if state.recognizer is None or state.store is None:
+        raise Unavailable("the service is not ready (models or Redis not loaded)", retry)
+    snap = state.snapshot
+    if snap is None:
+        reason = state.follower.last_error if state.follower is not None else None
+        raise IndexUnavailable(f"no index version can be served: {reason or 'none loaded'}",
+                               retry)
+    return snap
+
+
+@contextlib.contextmanager
+def redis_errors(request: Request, state: ServiceState) -> Iterator[None]:
+    """Redis failures → 503 that says what is unavailable; where it is goes to the log."""
+    retry = state.settings.retry_after_s
+    try:
+        yield
+    except VersionGone as exc:
+        log.warning("request %s: %s", request.state.request_id, exc)
+        raise IndexUnavailable(f"{exc}; waiting for the next published version", retry) from None
+    except Exception as exc:
+        if not _is_redis_error(exc):
             raise
-        except UnknownCategory as exc:
-            raise ApiError(422, "unknown_category", str(exc)) from None
-        except ValueError as exc:
-            raise ApiError(422, "invalid_options", str(exc)) from None
-        except Exception as exc:
-            if _is_redis_error(exc):
-                raise Unavailable(f"Redis unavailable: {exc}", s.retry_after_s) from None
-            raise
+        log.warning("request %s: redis error: %s", request.state.request_id, exc)
+        raise Unavailable(REDIS_DOWN, retry) from None
 
 
 def _num(fields: dict[str, str], name: str, cast: Any) -> Any:
@@ -214,7 +283,8 @@ def _num(fields: dict[str, str], name: str, cast: Any) -> Any:
 
 def _options(s: Any, top_k: int | None, category: str | None, roi: Any,
              min_score: float | None) -> RecognizeOptions:
-    top_k = top_k or s.default_top_k
+    """The one validation of the options, whichever way they came."""
+    top_k = s.default_top_k if top_k is None else top_k
     if not 1 <= top_k <= s.max_top_k:
         raise ApiError(422, "invalid_options", f"top_k must be in [1, {s.max_top_k}]")
     min_score = s.default_min_score if min_score is None else min_score
@@ -229,10 +299,23 @@ def _run(state: ServiceState, request_id: str, data: bytes, opts: RecognizeOptio
     draft = max(state.recognizer.sicot.preprocess.input_size * 4, 512)  # type: ignore[union-attr]
     img = decode_image(data, state.settings.limits, draft_size=draft)
     decode_ms = (time.perf_counter() - t0) * 1000.0
+    # a large photo is decoded reduced; the client's roi and the answer's box and size are in
+    # the pixels of the photo it sent
+    fw, fh = full_size(img)
+    scale = (img.width / fw, img.height / fh)
+    if opts.roi is not None:  # checked against the photo as sent, then scaled
+        opts = dataclasses.replace(opts, roi=_scaled(clip_roi(opts.roi, (fw, fh)), scale))
     r = state.recognizer.recognize(img, snap, state.store, opts)  # type: ignore[union-attr, arg-type]
     state.metrics.observe_stages({"decode": decode_ms, **r.timings_ms})
     state.metrics.recognitions.labels("recognized" if r.best else "no_match").inc()
-    return build_response(state, request_id, r, snap, decode_ms)
+    return build_response(state, request_id, r, snap, decode_ms, scale)
+
+
+def _scaled(box: tuple[float, float, float, float], scale: tuple[float, float],
+            ) -> tuple[float, float, float, float]:
+    sx, sy = scale
+    x0, y0, x1, y1 = box
+    return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
 
 
 def _is_redis_error(exc: Exception) -> bool:
@@ -245,31 +328,28 @@ def _is_redis_error(exc: Exception) -> bool:
 
 @router.get("/skus/{sku_id}/thumbnail", responses={404: {"model": ErrorResponse}},
             dependencies=[Depends(require_api_key)])
-async def thumbnail(sku_id: str, state: State) -> Response:
+async def thumbnail(sku_id: Annotated[str, Path(max_length=200)], request: Request,
+                    state: State) -> Response:
     """The SKU's small catalog JPEG, when the index holds one."""
-    snap = state.snapshot
-    if snap is None or state.store is None:
-        raise Unavailable("no index loaded", state.settings.retry_after_s)
-    try:
+    snap = ready_snapshot(state)
+    with redis_errors(request, state):
         (meta,) = await asyncio.get_running_loop().run_in_executor(
-            None, state.store.get_skus, snap.version, [sku_id])
-    except Exception as exc:
-        if _is_redis_error(exc):
-            raise Unavailable(f"Redis unavailable: {exc}", state.settings.retry_after_s) from None
-        raise
+            None, functools.partial(state.store.get_skus, snap.version, [sku_id],  # type: ignore[union-attr]
+                                    published=True))
     if not meta or not meta.get("thumb"):
         raise ApiError(404, "not_found", f"no thumbnail for SKU {sku_id!r}")
     return Response(meta["thumb"], media_type="image/jpeg",
                     headers={"Cache-Control": "public, max-age=3600"})
 
 
-@router.get("/healthz", response_model=HealthResponse)
+@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=HealthResponse)
 async def healthz() -> HealthResponse:
     """Liveness: the process answers."""
     return HealthResponse(status="ok")
 
 
-@router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+@router.api_route("/readyz", methods=["GET", "HEAD"], response_model=ReadyResponse,
+                  responses={503: {"model": ReadyResponse}})
 async def readyz(state: State) -> JSONResponse:
     """Readiness: models loaded, an index version loaded, Redis answering."""
     checks, detail = await asyncio.get_running_loop().run_in_executor(None, state.readiness)
@@ -284,6 +364,11 @@ async def readyz(state: State) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503, headers=headers)
 
 
-@router.get("/metrics", include_in_schema=False)
+def require_key_for_metrics(request: Request, state: State) -> None:
+    if state.settings.metrics_require_key:
+        require_api_key(request, state)
+
+
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(require_key_for_metrics)])
 async def metrics(state: State) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

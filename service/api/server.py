@@ -33,9 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
+    from service.api.protocol import HeaderDeadlineProtocol
+
     uvicorn.run("service.api.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level, access_log=False,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, http=HeaderDeadlineProtocol)
     return 0
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.localize import PREDICTED_BOX_MARGIN
@@ -18,6 +19,31 @@ from service.settings import (
 )
 
 PREFIX = "SKU_SERVICE_"
+
+
+def check_key(key: str) -> str:
+    if len(key) < 8 or any(c.isspace() for c in key):
+        raise ValueError("API keys must be at least 8 characters, without spaces")
+    return key
+
+
+class ClientTimeouts(BaseModel):
+    """How long a client may take to send its request; past that it gets 408 and is closed,
+    so slow clients cannot hold connections (or queue slots) for ever."""
+
+    header_s: float = Field(10.0, gt=0.0, description="time to send the request line + headers")
+    body_total_s: float = Field(30.0, gt=0.0, description="time to send the whole body")
+    body_grace_s: float = Field(5.0, ge=0.0, description="time allowed before min rate applies")
+    body_min_rate_bps: int = Field(
+        8192, gt=0, description="after the grace time, the body must arrive at least this fast"
+    )
+
+
+class RedisTimeouts(BaseModel):
+    """Socket timeouts of every Redis call of the service: a frozen Redis gives 503, not a hang."""
+
+    connect_s: float = Field(1.0, gt=0.0)
+    read_s: float = Field(0.5, gt=0.0, description="socket timeout of each command")
 
 
 class ServiceSettings(BaseSettings):
@@ -38,10 +64,22 @@ class ServiceSettings(BaseSettings):
     index_dir: Path = Field(Path("index"), description="index_builder's output folder")
 
     # API
-    api_keys: list[str] = Field(
-        default_factory=list, description="accepted API keys (JSON list); empty = auth off"
+    auth: Literal["required", "disabled"] = Field(
+        "required", description="'disabled' must be set explicitly to run without API keys"
+    )
+    api_keys: list[str] = Field(default_factory=list, description="accepted API keys (JSON list)")
+    api_keys_file: Path | None = Field(
+        None, description="a file of keys, one per line: 'KEY [RATE_PER_S [BURST]]'; re-read "
+        "when it changes (rotation without restart)",
     )
     api_key_header: str = "X-API-Key"
+    rate_limit_per_s: float | None = Field(
+        None, gt=0.0, description="default per-key request rate (token bucket held in Redis, "
+        "shared by every worker and replica); unset = no limit",
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="default per-key bucket size")
+    docs_enabled: bool = Field(True, description="serve /docs, /redoc and /openapi.json")
+    metrics_require_key: bool = Field(False, description="/metrics asks for an API key too")
     default_top_k: int = Field(5, ge=1, le=50)
     max_top_k: int = Field(50, ge=1, le=200)
     default_min_score: float = Field(0.0, ge=0.0, le=1.0)
@@ -59,7 +97,12 @@ class ServiceSettings(BaseSettings):
         default_factory=lambda: OnnxRuntimeSettings(intra_op_threads=1)
     )
     faiss_threads: int = Field(1, ge=1, description="OpenMP threads of FAISS (1 query/request)")
+    client_timeouts: ClientTimeouts = Field(default_factory=ClientTimeouts)
+    redis_timeouts: RedisTimeouts = Field(default_factory=RedisTimeouts)
     index_poll_s: float = Field(2.0, gt=0.0, description="how often the published pointer is read")
+    served_ttl_s: float = Field(
+        60.0, gt=0.0, description="how long the served version is marked in Redis (gc keeps it)"
+    )
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503")
 
     # online path
@@ -75,14 +118,21 @@ class ServiceSettings(BaseSettings):
     @field_validator("api_keys")
     @classmethod
     def _check_keys(cls, v: list[str]) -> list[str]:
-        if any(len(k) < 8 for k in v):
-            raise ValueError("API keys must be at least 8 characters")
+        for k in v:
+            check_key(k)
         return v
 
     @model_validator(mode="after")
     def _check_top_k(self) -> ServiceSettings:
         if self.default_top_k > self.max_top_k:
             raise ValueError("default_top_k must not exceed max_top_k")
+        if self.auth == "required" and not self.api_keys and self.api_keys_file is None:
+            raise ValueError("no API keys: set SKU_SERVICE_API_KEYS (a JSON list) or "
+                             "SKU_SERVICE_API_KEYS_FILE, or SKU_SERVICE_AUTH=disabled to run "
+                             "without authentication on purpose")
+        if self.served_ttl_s < 2 * self.index_poll_s:
+            raise ValueError("served_ttl_s must be at least twice index_poll_s (it is renewed "
+                             "at every poll)")
         return self
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from service.api.auth import ApiKeys
 from service.api.metrics import Metrics
 from service.api.settings import ServiceSettings
 from service.artifact import ArtifactError, load_artifact
@@ -27,6 +28,9 @@ from service.store import SkuStore
 # share of the search vote in the category fusion, chosen on the emoji-catalog validation half
 # (docs/results/online-path.md); an artifact's evaluation.fusion_weight overrides it
 FUSION_WEIGHT = 0.7
+# what clients are told; the address and the driver's error go to the log only
+REDIS_DOWN = "the SKU store (Redis) is not answering"
+AUTH_OFF = "authentication is disabled (SKU_SERVICE_AUTH=disabled): anyone can call the API"
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ class ServiceState:
     redis_server: PrivateRedisServer | None = None
     redis_client: Any = None
     problems: dict[str, str] = field(default_factory=dict)
+    api_keys: ApiKeys | None = None
     inflight: int = 0
     _poll_task: asyncio.Task[None] | None = None
 
@@ -51,6 +56,9 @@ class ServiceState:
         """Load models and connect Redis; a failure is recorded (→ /readyz false, 503)
         rather than raised, so /healthz and /metrics keep answering."""
         s = self.settings
+        self.api_keys = ApiKeys(s)
+        if not self.api_keys.enabled:
+            log.warning(AUTH_OFF)
         self.executor = ThreadPoolExecutor(s.max_concurrency, thread_name_prefix="recognize")
         # one query per request: FAISS's OpenMP team only adds spin-waits next to ONNX Runtime
         # (an exact search over 3k rows took 144 ms with default threads, 1.4 ms with one)
@@ -62,6 +70,7 @@ class ServiceState:
                 self.store, s.index_dir,
                 expected_model_version=self.recognizer.sicot.config.model_version,
                 on_change=lambda snap: self._publish_versions(),
+                served_ttl_s=s.served_ttl_s,
             )
             self.refresh_index()
         self._publish_versions()
@@ -72,7 +81,7 @@ class ServiceState:
             sicot = load_artifact(s.model_dir, s.onnx)
             localizer = load_artifact(s.localizer_dir, s.onnx) if s.localizer_dir else None
         except (ArtifactError, OSError) as exc:
-            self.problems["models"] = str(exc)
+            self.problems["models"] = "the models could not be loaded (see the log)"
             log.error("models not loaded: %s", exc)
             return
         run: Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -102,15 +111,15 @@ class ServiceState:
     def _connect_redis(self) -> None:
         s = self.settings
         try:
-            if s.redis_url:
-                self.redis_client = connect(s.redis_url)
-            else:
+            if not s.redis_url:
                 log.warning("REDIS_URL is not set: starting a private, empty redis-server "
                             "(fine for a demo; production sets REDIS_URL)")
                 self.redis_server = PrivateRedisServer().start()
-                self.redis_client = connect(self.redis_server.url)
+            t = s.redis_timeouts
+            self.redis_client = connect(s.redis_url or self.redis_server.url,  # type: ignore[union-attr]
+                                        timeout_s=t.read_s, connect_timeout_s=t.connect_s)
         except RedisUnavailable as exc:
-            self.problems["redis"] = str(exc)
+            self.problems["redis"] = REDIS_DOWN
             log.error("redis unavailable: %s", exc)
             return
         self.store = SkuStore(self.redis_client, s.key_prefix)
@@ -122,7 +131,8 @@ class ServiceState:
         try:
             changed = self.follower.refresh()
         except Exception as exc:  # noqa: BLE001 - Redis down: keep serving what we have
-            self.problems["redis"] = f"cannot read the index pointer: {exc}"
+            self.problems["redis"] = REDIS_DOWN
+            log.warning("cannot read the index pointer: %s", exc)
             return
         self.problems.pop("redis", None)
         self.metrics.index_reloads.labels("loaded" if changed else "unchanged").inc()
@@ -162,11 +172,15 @@ class ServiceState:
             "redis": False,
         }
         detail = dict(self.problems)
+        if self.settings.auth == "disabled":
+            detail["auth"] = AUTH_OFF
+            log.warning(AUTH_OFF)
         if self.redis_client is not None:
             try:
                 checks["redis"] = bool(self.redis_client.ping())
             except Exception as exc:  # noqa: BLE001
-                detail["redis"] = f"ping failed: {exc}"
+                detail["redis"] = REDIS_DOWN  # where it is stays in the log, not the answer
+                log.warning("readiness: redis ping failed: %s", exc)
         if not checks["index"] and self.follower is not None and self.follower.last_error:
             detail["index"] = self.follower.last_error
         return checks, detail
