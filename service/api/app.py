@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api.errors import install_error_handlers
+from service.api.feedback import router as feedback_router
 from service.api.metrics import Metrics
 from service.api.middleware import RequestContextMiddleware
 from service.api.routes import router
@@ -51,4 +52,5 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         limited={"/recognize"},
     )
     app.include_router(router)
+    app.include_router(feedback_router)
     return app

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 
 from service.api.errors import ApiError, Overloaded, Unavailable
+from service.api.retention import owner_of, retain
 from service.api.schemas import (
     BoxUsed,
     Candidate,
@@ -190,7 +191,8 @@ async def recognize(
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
-                state.executor, _run, state, request.state.request_id, data, opts, snap)
+                state.executor, _run, state, request.state.request_id, data, opts, snap,
+                owner_of(request, state))
         except ImageError:
             raise
         except UnknownCategory as exc:
@@ -224,7 +226,7 @@ def _options(s: Any, top_k: int | None, category: str | None, roi: Any,
 
 
 def _run(state: ServiceState, request_id: str, data: bytes, opts: RecognizeOptions,
-         snap: Any) -> RecognizeResponse:
+         snap: Any, owner: str = "") -> RecognizeResponse:
     t0 = time.perf_counter()
     draft = max(state.recognizer.sicot.preprocess.input_size * 4, 512)  # type: ignore[union-attr]
     img = decode_image(data, state.settings.limits, draft_size=draft)
@@ -232,7 +234,9 @@ def _run(state: ServiceState, request_id: str, data: bytes, opts: RecognizeOptio
     r = state.recognizer.recognize(img, snap, state.store, opts)  # type: ignore[union-attr, arg-type]
     state.metrics.observe_stages({"decode": decode_ms, **r.timings_ms})
     state.metrics.recognitions.labels("recognized" if r.best else "no_match").inc()
-    return build_response(state, request_id, r, snap, decode_ms)
+    response = build_response(state, request_id, r, snap, decode_ms)
+    response.retained = retain(state, request_id, owner, img, r, response)
+    return response
 
 
 def _is_redis_error(exc: Exception) -> bool:
