@@ -28,10 +28,10 @@ A, B = {"X-API-Key": KEY_A}, {"X-API-Key": KEY_B}
 
 
 @pytest.fixture(scope="module")
-def published(small_artifact: Path, demo_catalog: Path, tmp_path_factory) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+def published(tiny_artifact: Path, demo_catalog: Path, tmp_path_factory) -> Iterator[dict]:  # type: ignore[no-untyped-def]
     index_dir = tmp_path_factory.mktemp("fb-index")
     with PrivateRedisServer() as server:
-        info = {"url": server.url, "index_dir": index_dir, "artifact": small_artifact,
+        info = {"url": server.url, "index_dir": index_dir, "artifact": tiny_artifact,
                 "catalog": demo_catalog / "catalog" / "manifest.jsonl"}
         assert _build(info, "v1") == 0
         yield info
@@ -174,15 +174,18 @@ def test_feedback_validation_idempotency_stream_and_metrics(
 
 
 def test_feedback_is_rate_limited_per_key(published: dict, demo_catalog: Path) -> None:
-    with _app(published, feedback_per_minute=2) as c:
-        body = _recognize(c, demo_catalog, _queries(demo_catalog)[3], "rl-1", A)
+    # fresh keys: the counters live in Redis, shared by every app of this module
+    c_key, d_key = "feedback-key-C-0123", "feedback-key-D-0123"
+    C, D = {"X-API-Key": c_key}, {"X-API-Key": d_key}
+    with _app(published, feedback_per_minute=2, api_keys=[c_key, d_key]) as c:
+        body = _recognize(c, demo_catalog, _queries(demo_catalog)[3], "rl-1", C)
         top1 = body["candidates"][0]["sku_id"]
-        codes = [_feedback(c, A, request_id="rl-1", sku_id=top1, kind="confirm")[0]
+        codes = [_feedback(c, C, request_id="rl-1", sku_id=top1, kind="confirm")[0]
                  for _ in range(3)]
-        assert codes[:2] == [201, 200] and codes[2] == 429
-        # another key has its own budget (its answer is 404: the query is A's)
-        assert _feedback(c, B, request_id="rl-1", sku_id=top1, kind="confirm")[0] == 404
-        assert c.delete("/queries/rl-1", headers=A).status_code == 200
+        assert codes == [201, 200, 429]
+        # another key has its own budget (its answer is 404: the query is C's)
+        assert _feedback(c, D, request_id="rl-1", sku_id=top1, kind="confirm")[0] == 404
+        assert c.delete("/queries/rl-1", headers=C).status_code == 200
 
 
 def _rows(info: dict, version: str) -> list[dict]:
@@ -191,8 +194,12 @@ def _rows(info: dict, version: str) -> list[dict]:
 
 
 def test_build_with_feedback_adds_rows_that_answer_then_leave_with_the_feedback(
-    client: TestClient, published: dict, demo_catalog: Path, redis, tmp_path: Path  # type: ignore[no-untyped-def]
+    client: TestClient, published: dict, demo_catalog: Path, redis, tmp_path: Path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # the tiny test model maps many crops within 0.98 of each other: de-duplication (tested in
+    # test_feedback_gate.py) would hide which rows the votes let through
+    monkeypatch.setenv("SKU_INDEX_FEEDBACK__DEDUP_SIM", "1.5")
     given: dict[str, str] = {}  # request id → the SKU the feedback names
     for i, row in enumerate(_queries(demo_catalog)[4:16]):
         rid = f"loop-{i}"
@@ -213,7 +220,9 @@ def test_build_with_feedback_adds_rows_that_answer_then_leave_with_the_feedback(
     assert _feedback(client, A, request_id="lone", sku_id=outsider, kind="correct")[0] == 201
     assert given, "no query's true SKU was among its candidates"
 
-    assert _build(published, "v2", "--feedback") == 0
+    assert _build(published, "v2", "--feedback", "--report", str(tmp_path / "v2.json")) == 0
+    notes = " ".join(json.loads((tmp_path / "v2.json").read_text())["notes"])
+    assert "'too_few_votes': 1" in notes  # the lone outsider
     fb_rows = [r for r in _rows(published, "v2") if r.get("source") == "feedback"]
     assert {r["request_id"]: r["sku_id"] for r in fb_rows} == given
     catalog_rows = len(read_catalog(published["catalog"]).items)
