@@ -15,8 +15,11 @@ is wrong.  The gate, all steps configurable in :class:`FeedbackPolicy`:
    random wrong labels disagrees with the model almost always; honest users rarely do);
 3. **votes**: a row needs ``min_votes`` votes from distinct voters: its own key, every other
    key that gave the same SKU to a near-identical crop (cosine ≥ ``agree_sim``), and the model
-   when the SKU was among its retained candidates; more distinct keys naming another SKU for
-   near-identical crops outvote it.  Trusted keys (``trusted_keys``) skip 2–3;
+   when the SKU was among its retained candidates, unless the key is a bulk sender (at least
+   ``bulk_labels`` labels in the window: with a small catalog a random label lands in the
+   top-k often enough to pass step 2); more distinct keys naming another SKU for near-identical
+   crops outvote it.  Trusted keys (``trusted_keys``) skip 2–3: a deployment whose app sends
+   all its shoppers' feedback under one key must trust that key (and police it upstream);
 4. **quotas**: at most ``max_rows_per_key_per_sku`` rows of one key per SKU, then at most
    ``max_rows_per_sku`` rows per SKU, most recent first, without near-duplicates (cosine ≥
    ``dedup_sim`` to a kept row or to one of the SKU's catalog rows).
@@ -48,6 +51,9 @@ class FeedbackPolicy(BaseModel):
     model_votes: bool = Field(True, description="the model's retained top-k counts as a voter")
     agree_sim: float = Field(0.85, ge=-1, le=2, description="crops this similar (cosine) are "
                              "one product; above 1: no two crops are")
+    bulk_labels: int = Field(
+        50, ge=1, description="an untrusted key with this many labels in the window is a bulk "
+        "sender: the model no longer votes for it, other keys must agree")
     reputation_min_labels: int = Field(20, ge=1)
     reputation_min_agreement: float = Field(0.2, ge=0, le=1)
     max_rows_per_key_per_sku: int = Field(2, ge=1)
@@ -123,7 +129,8 @@ def gate(rows: Sequence[Labelled], emb: np.ndarray, policy: FeedbackPolicy,
         near = [rows[alive[b]] for b in neighbours[a]]
         keys_for = {r.owner} | {n.owner for n in near if n.sku_id == r.sku_id}
         keys_against = Counter(n.sku_id for n in near if n.sku_id != r.sku_id and n.owner != r.owner)
-        votes = len(keys_for) + int(policy.model_votes and r.in_candidates)
+        model_vote = policy.model_votes and r.in_candidates and per_key[r.owner] < policy.bulk_labels
+        votes = len(keys_for) + int(model_vote)
         if keys_against and max(keys_against.values()) > len(keys_for):
             res.rejected["outvoted"] += 1
         elif votes < policy.min_votes:

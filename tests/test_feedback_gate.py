@@ -45,6 +45,13 @@ def test_flood_from_one_key_is_rejected_while_honest_feedback_passes() -> None:
     accepted = {rows[i].request_id for i in res.accepted}
     assert accepted == {r.request_id for r in honest}
     assert res.rejected["key_reputation"] == 500
+    # a flood whose labels the model often lists (a small catalog: random SKUs land in the
+    # top-k) passes the reputation check, but a bulk key's labels need another key's agreement
+    lucky = [Labelled(r.request_id, r.sku_id, r.owner, r.ts, j % 2 == 0)
+             for j, r in enumerate(flood)]
+    res = gate(honest + lucky, np.concatenate([honest_emb, flood_emb]), FeedbackPolicy())
+    assert {(honest + lucky)[i].owner for i in res.accepted} == {r.owner for r in honest}
+    assert res.rejected["too_few_votes"] == 500
 
 
 def test_votes_quota_trust_cap_and_dedup() -> None:
