@@ -23,12 +23,14 @@ import numpy as np
 
 from service.artifact import Artifact, ArtifactError, load_artifact
 from service.catalog import CatalogItem
+from service.feedback import FeedbackLog
 from service.store import SkuRecord, SkuStore, VersionManifest, check_version, utc_now
 from service.vector_index import ROWS_FILE, VectorIndex, exact_search, file_entries, recall_at_k
 from service.vector_index import write_rows as write_row_file
 
 from . import maintenance
 from .embed import ThumbSpec, check_rows, embed_items
+from .feedback import accept_feedback, catalog_embeddings, collect_feedback
 from .redis_writer import copy_skus, write_records
 from .report import RunReport
 from .rows import content_digest, read_rows, row_json, sku_records
@@ -96,11 +98,15 @@ class Runner:
         s = self.settings
         return ThumbSpec(s.thumb_size, s.thumb_quality) if s.thumbnails else None
 
-    def digest(self, items: list[CatalogItem]) -> str:
+    def digest(self, items: list[CatalogItem], feedback: object = None) -> str:
         s = self.settings
         thumbs = [s.thumb_size, s.thumb_quality] if s.thumbnails else None
+        extra = [feedback, s.feedback.model_dump(mode="json")] if feedback is not None else []
         return content_digest(items, self.artifact().config.model_version,
-                              s.index.model_dump(mode="json"), thumbs)
+                              s.index.model_dump(mode="json"), thumbs, *extra)
+
+    def feedback_log(self) -> FeedbackLog:
+        return FeedbackLog(self.require_store().client, self.settings.key_prefix)
 
     def check_bad(self, report: RunReport) -> None:
         limit = self.settings.max_bad_fraction
@@ -135,9 +141,11 @@ class VersionPlan:
 
 
 def build(runner: Runner, catalog: Path, *, version: str | None = None, force: bool = False,
-          dry_run: bool = False, report: RunReport | None = None) -> RunReport:
+          dry_run: bool = False, report: RunReport | None = None,
+          feedback: bool = False) -> RunReport:
     """Build ``catalog`` into a new version and publish it (see the module docstring).
-    ``report`` is filled as the run goes, so a caller still has it when a stage raises."""
+    ``report`` is filled as the run goes, so a caller still has it when a stage raises.
+    ``feedback``: add the accepted user feedback as extra reference rows (``feedback.py``)."""
     report = report or RunReport("build")
     s = runner.settings
     with report.stage("read"):
@@ -155,7 +163,11 @@ def build(runner: Runner, catalog: Path, *, version: str | None = None, force: b
         return report
     if not prepared.items:
         raise DataError(f"no usable rows in {catalog}")
-    digest = runner.digest(prepared.items)
+    pending = None
+    if feedback:
+        with report.stage("feedback"):
+            pending = collect_feedback(runner.feedback_log(), s.feedback, prepared.items)
+    digest = runner.digest(prepared.items, pending.digest_part() if pending else None)
     if not force and runner.unchanged(report, digest):
         return report
     artifact = runner.artifact()
@@ -170,8 +182,17 @@ def build(runner: Runner, catalog: Path, *, version: str | None = None, force: b
         raise DataError("no catalog image could be embedded")
     items = [prepared.items[i] for i in res.ok]
     records = sku_records(items, class_index(artifact), res.thumbs)
+    embeddings = res.embeddings
+    if pending is not None:
+        with report.stage("feedback"):
+            fb = accept_feedback(pending, artifact, s.feedback,
+                                 catalog_embeddings(items, embeddings), s.batch_size)
+        report.feedback_rows = len(fb.items)
+        report.notes.append(fb.summary())
+        if fb.items:  # after the catalog rows: SKU records above come from the catalog alone
+            items, embeddings = items + fb.items, np.concatenate([embeddings, fb.embeddings])
     runner.after("embed")
-    write_version(runner, report, VersionPlan(items, res.embeddings, records, digest,
+    write_version(runner, report, VersionPlan(items, embeddings, records, digest,
                                               version=version))
     return report
 
@@ -273,7 +294,7 @@ def write_files(runner: Runner, report: RunReport, plan: VersionPlan, version: s
     counts = {"skus": report.skus, "images": report.images, "rows_read": report.rows_read,
               "bad_rows": len(report.bad), "embedded": report.embedded,
               "reused": report.reused, "copied_skus": len(plan.copy_skus),
-              "deleted_skus": report.deleted_skus}
+              "deleted_skus": report.deleted_skus, "feedback_rows": report.feedback_rows}
     manifest = VersionManifest(
         version=version, kind=plan.kind, parent_version=plan.parent, built_at=utc_now(),
         model_name=artifact.config.name, model_version=artifact.config.model_version,

@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
                        "version and publish it")
     b.add_argument("--catalog", type=Path, required=True, help="JSONL manifest or Google "
                    "Product Search CSV")
+    b.add_argument("--feedback", action="store_true", help="add accepted user feedback of the "
+                   "retention window as extra reference rows (SKU_INDEX_FEEDBACK__* policy)")
     u = sub.add_parser("update", parents=[common, writes], help="apply a delta manifest "
                        "(upserts, deletes) to the current version as a new version")
     u.add_argument("--delta", type=Path, required=True, help="JSONL with optional \"op\": "
@@ -127,7 +129,7 @@ def _run_writes(args: argparse.Namespace, runner: Runner) -> int:
     try:
         if args.command == "build":
             build(runner, args.catalog, version=args.version_id, force=args.force,
-                  dry_run=args.dry_run, report=report)
+                  dry_run=args.dry_run, report=report, feedback=args.feedback)
         else:
             update(runner, args.delta, version=args.version_id, force=args.force,
                    dry_run=args.dry_run, report=report)

@@ -27,6 +27,7 @@ class RunReport:
     reused: int = 0
     copied_skus: int = 0
     deleted_skus: int = 0
+    feedback_rows: int = 0
     write_method: str = ""
     bad: list[BadRow] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
@@ -58,7 +59,8 @@ class RunReport:
             "parent_version": self.parent_version, "rows_read": self.rows_read,
             "skus": self.skus, "images": self.images, "embedded": self.embedded,
             "reused": self.reused, "copied_skus": self.copied_skus,
-            "deleted_skus": self.deleted_skus, "write_method": self.write_method,
+            "deleted_skus": self.deleted_skus, "feedback_rows": self.feedback_rows,
+            "write_method": self.write_method,
             "bad_rows": len(self.bad), "failures_by_reason": self.failures_by_reason(),
             "stages_s": {k: round(v, 3) for k, v in self.stages.items()},
             "elapsed_s": round(self.elapsed, 3), "recall_at_10": self.recall,

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.feedback_gate import FeedbackPolicy
 from service.settings import ImageLimits, OnnxRuntimeSettings, redis_url_field, validate_redis_url
 from service.vector_index import IndexSpec
 
@@ -45,6 +46,9 @@ class IndexBuilderSettings(BaseSettings):
 
     index: IndexSpec = Field(default_factory=IndexSpec)
     recall_queries: int = Field(200, ge=0, description="sampled rows used to report recall@10")
+
+    feedback: FeedbackPolicy = Field(
+        default_factory=FeedbackPolicy, description="build --feedback: window, gate, caps")
 
     thumbnails: bool = Field(False, description="store a small JPEG of each SKU in its hash")
     thumb_size: int = Field(96, ge=16, le=512, description="longest side of the thumbnail")

@@ -37,7 +37,7 @@ from training.data import (
 )
 from training.distributed import DistInfo, broadcast_object
 from training.models import SICoTConfig, SICoTModel, Vocab, tokenize, train_word2vec
-from training.settings import TrainConfig
+from training.settings import TrainConfig, split_source
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def prepare_splits(cfg: TrainConfig) -> Splits:
     items = load_items(cfg.train_manifest)
     train, heldout = split_heldout(items, cfg.heldout_per_class, cfg.heldout_min_images, cfg.seed)
     labels = build_label_map(items, train)
+    train = train + extra_sources(cfg, labels)
     queries = known_items(load_items(cfg.query_manifest), labels) if cfg.query_manifest else []
     catalog = (known_items(load_items(cfg.catalog_manifest), labels)
                if cfg.catalog_manifest and cfg.catalog_views_per_epoch else [])
@@ -73,11 +74,36 @@ def prepare_splits(cfg: TrainConfig) -> Splits:
     return Splits(train, heldout, queries, labels, catalog)
 
 
+def weighted_repeat(items: list[CatalogItem], weight: float, seed: int) -> list[CatalogItem]:
+    """Each item ``floor(weight)`` times, plus a seeded ``weight % 1`` share of them once more,
+    so a source's share of an epoch follows its weight whatever the sampler."""
+    whole, frac = divmod(weight, 1.0)
+    out = items * int(whole)
+    if frac > 0 and items:
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(items), int(round(frac * len(items))), replace=False)
+        out += [items[i] for i in sorted(pick)]
+    return out
+
+
+def extra_sources(cfg: TrainConfig, labels: LabelMap) -> list[CatalogItem]:
+    """The ``extra_train`` manifests (e.g. exported real-shot feedback pairs), weighted."""
+    out: list[CatalogItem] = []
+    for n, spec in enumerate(cfg.extra_train):
+        path, weight = split_source(spec)
+        items = known_items(load_items(path), labels)
+        out += weighted_repeat(items, weight, cfg.seed + n)
+        log.info("extra source %s: %d images x weight %g", path, len(items), weight)
+    return out
+
+
 def epoch_class_counts(cfg: TrainConfig, splits: Splits) -> np.ndarray:
     """Expected images per class in one epoch (training set + catalog views): the class prior
     that logit adjustment must use, since the catalog views flatten the long tail."""
     index = splits.labels.index_of()
-    counts = np.asarray(splits.labels.train_counts, dtype=np.float64)
+    counts = np.zeros(splits.labels.num_classes, dtype=np.float64)
+    for it in splits.train:  # the training manifest and the weighted extra sources
+        counts[index[it.sku_id]] += 1
     for it in splits.catalog:
         counts[index[it.sku_id]] += cfg.catalog_views_per_epoch
     return counts

@@ -34,6 +34,11 @@ class TrainConfig(BaseSettings):
 
     # --- data ------------------------------------------------------------------------------
     train_manifest: Path = Field(description="training catalog (JSONL or Google CSV)")
+    extra_train: list[str] = Field(
+        default_factory=list, description="more training manifests, each 'PATH' or "
+        "'PATH:WEIGHT' (comma-separated on the command line): e.g. the real-shot pairs of "
+        "`sku-feedback export`; WEIGHT = times each image is seen per epoch (fractions "
+        "sampled), relative to the train manifest's 1; only SKUs the train manifest knows")
     query_manifest: Path | None = Field(
         None, description="query photos with true boxes (evaluated cropped to the box)"
     )
@@ -163,6 +168,16 @@ class TrainConfig(BaseSettings):
             return [float(x) for x in v.split(",") if x.strip()]
         return v
 
+    @field_validator("extra_train", mode="before")
+    @classmethod
+    def _split_sources(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = json.loads(v) if v.strip().startswith("[") else v.split(",")
+        out = [str(x).strip() for x in v if str(x).strip()]
+        for x in out:
+            split_source(x)  # a bad weight fails at start-up, not after the vocabulary
+        return out
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.heldout_per_class >= self.heldout_min_images:
@@ -177,6 +192,20 @@ class TrainConfig(BaseSettings):
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def split_source(spec: str) -> tuple[Path, float]:
+    """``'PATH'`` or ``'PATH:WEIGHT'`` → (path, weight ≥ 0)."""
+    path, sep, weight = spec.rpartition(":")
+    if not sep or "/" in weight or "\\" in weight:
+        return Path(spec), 1.0
+    try:
+        w = float(weight)
+    except ValueError:
+        return Path(spec), 1.0
+    if not (w >= 0 and w < 1000):
+        raise ValueError(f"{spec!r}: the weight must be in [0, 1000)")
+    return Path(path), w
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service import __version__
 from service.api.errors import install_error_handlers
+from service.api.feedback import router as feedback_router
 from service.api.metrics import Metrics
 from service.api.middleware import RequestContextMiddleware
 from service.api.routes import router
@@ -57,6 +58,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         limited={"/recognize"}, timeouts=settings.client_timeouts,
     )
     app.include_router(router)
+    app.include_router(feedback_router)
     return app
 
 

@@ -47,6 +47,17 @@ class Metrics:
         self.index_reloads = Counter(
             "sku_index_reloads", "index versions loaded", ["result"], registry=r
         )
+        self.retained = Counter(
+            "sku_queries_retained", "query retention outcomes", ["result"], registry=r
+        )
+        self.feedback = Counter(
+            "sku_feedback", "POST /feedback outcomes by kind", ["kind", "result"], registry=r
+        )
+        # agreement rate with the top-1 answer = yes / (yes + no), per kind
+        self.feedback_agreement = Counter(
+            "sku_feedback_agreement", "accepted feedback naming the answer's top-1 SKU",
+            ["kind", "agrees"], registry=r,
+        )
 
     def observe_stages(self, timings_ms: dict[str, float]) -> None:
         for stage, ms in timings_ms.items():

@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 
 from service.api.auth import take_token
 from service.api.errors import ApiError, IndexUnavailable, Overloaded, Unavailable
+from service.api.retention import owner_of, retain
 from service.api.schemas import (
     BoxUsed,
     Candidate,
@@ -234,7 +235,8 @@ async def recognize(
         with redis_errors(request, state):
             try:
                 return await loop.run_in_executor(
-                    state.executor, _run, state, request.state.request_id, data, opts, snap)
+                    state.executor, _run, state, request.state.request_id, data, opts, snap,
+                    owner_of(request, state))
             except UnknownCategory as exc:
                 raise ApiError(422, "unknown_category", str(exc)) from None
             except ImageError:
@@ -294,7 +296,7 @@ def _options(s: Any, top_k: int | None, category: str | None, roi: Any,
 
 
 def _run(state: ServiceState, request_id: str, data: bytes, opts: RecognizeOptions,
-         snap: Any) -> RecognizeResponse:
+         snap: Any, owner: str = "") -> RecognizeResponse:
     t0 = time.perf_counter()
     draft = max(state.recognizer.sicot.preprocess.input_size * 4, 512)  # type: ignore[union-attr]
     img = decode_image(data, state.settings.limits, draft_size=draft)
@@ -308,7 +310,9 @@ def _run(state: ServiceState, request_id: str, data: bytes, opts: RecognizeOptio
     r = state.recognizer.recognize(img, snap, state.store, opts)  # type: ignore[union-attr, arg-type]
     state.metrics.observe_stages({"decode": decode_ms, **r.timings_ms})
     state.metrics.recognitions.labels("recognized" if r.best else "no_match").inc()
-    return build_response(state, request_id, r, snap, decode_ms, scale)
+    response = build_response(state, request_id, r, snap, decode_ms, scale)
+    response.retained = retain(state, request_id, owner, img, r, response)
+    return response
 
 
 def _scaled(box: tuple[float, float, float, float], scale: tuple[float, float],

@@ -70,6 +70,8 @@ class RecognizeResponse(BaseModel):
     index_version: str
     index_built_at: str
     timings_ms: dict[str, float] = Field(description="time spent in each stage, and total")
+    retained: bool = Field(False, description="the crop and answer were kept (opt-in) for "
+                           "POST /feedback and DELETE /queries/{request_id}")
 
 
 class ErrorDetail(BaseModel):

@@ -110,6 +110,16 @@ class ServiceSettings(BaseSettings):
                                     description="crop margin around the localizer's box")
     search_k: int = Field(30, ge=1, le=1000, description="neighbours of the category vote")
 
+    # the learning loop (opt-in; README "Privacy: retained queries and feedback")
+    retain_queries: bool = Field(False, description="keep each request's crop and answer")
+    retain_full_photo: bool = Field(False, description="also keep the whole photo (JPEG)")
+    retention_ttl_s: int = Field(7 * 86400, ge=60, description="how long a query is kept")
+    retain_crop_side: int = Field(256, ge=32, le=2048, description="longest side of the crop")
+    retain_photo_side: int = Field(1024, ge=64, le=8192, description="... of the whole photo")
+    feedback_per_minute: int = Field(60, ge=1, description="POST /feedback per key per minute")
+    feedback_stream_maxlen: int = Field(
+        1_000_000, ge=1000, description="entries the feedback stream keeps (MAXLEN ~)")
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, v: str | None) -> str | None:

@@ -1,0 +1,186 @@
+"""A simulated week of traffic with feedback, through the real online path (``Recognizer``,
+real Redis, the real index builder with ``--feedback``).
+
+Each SKU has 2 query photos: the first is *traffic*, the second *test*.  Traffic is
+recognised by today's model and index and retained; a share ``p`` of the shoppers (one API key
+each) give feedback, of which a share ``e`` names a wrong SKU; optionally an adversary key
+sends 500 wrong ``correct`` labels for 50 SKUs.  Then ``build --feedback`` publishes a version
+and the *test* photos are recognised again (whole photo → localizer if given → recognizer →
+index → fusion).  Prints and writes top-1/top-3 overall/head/tail, and on the attacked SKUs.
+
+    python bench/feedback_eval.py --catalog C/catalog/manifest.jsonl \\
+        --queries C/queries/manifest.jsonl --artifact A [--localizer L] --out OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index_builder.build import Runner, build
+from index_builder.settings import IndexBuilderSettings
+from service.artifact import load_artifact
+from service.catalog import CatalogItem, read_catalog
+from service.feedback import FeedbackLog, encode_jpeg
+from service.feedback_gate import FeedbackPolicy
+from service.imageio import load_image
+from service.recognizer import OnlineConfig, RecognizeOptions, Recognizer
+from service.redis_server import redis_connection
+from service.snapshot import load_snapshot
+from service.store import SkuStore
+
+NO_GATE = FeedbackPolicy(min_votes=1, model_votes=False, reputation_min_labels=10**9,
+                         max_rows_per_key_per_sku=10**6, agree_sim=2.0)
+
+
+def split_queries(items: list[CatalogItem]) -> tuple[list[CatalogItem], list[CatalogItem]]:
+    by_sku: dict[str, list[CatalogItem]] = defaultdict(list)
+    for it in sorted(items, key=lambda it: it.image):
+        by_sku[it.sku_id].append(it)
+    pairs = [v[:2] for v in by_sku.values() if len(v) >= 2]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def run_all(rec: Recognizer, snap: Any, store: SkuStore, items: list[CatalogItem]) -> list[Any]:
+    out = []
+    for it in items:
+        out.append(rec.recognize(load_image(it.image), snap, store, RecognizeOptions(top_k=5)))
+    return out
+
+
+def scores(results: list[Any], items: list[CatalogItem], head: set[str],
+           attacked: set[str]) -> dict[str, float]:
+    hits = {1: [], 3: []}  # type: dict[int, list[bool]]
+    for r, it in zip(results, items, strict=True):
+        names = [c.sku_id for c in r.candidates]
+        for k in hits:
+            hits[k].append(it.sku_id in names[:k])
+    groups = {"all": [True] * len(items), "head": [it.sku_id in head for it in items],
+              "tail": [it.sku_id not in head for it in items],
+              "attacked": [it.sku_id in attacked for it in items],
+              "rest": [it.sku_id not in attacked for it in items]}
+    out = {}
+    for g, mask in groups.items():
+        for k, h in hits.items():
+            sel = [x for x, m in zip(h, mask, strict=True) if m]
+            out[f"{g}_top{k}"] = round(100 * float(np.mean(sel)), 1) if sel else float("nan")
+    return out
+
+
+def simulate(flog: FeedbackLog, traffic: list[CatalogItem], crops: list[bytes],
+             answers: list[dict[str, Any]], skus: list[str], p: float, e: float,
+             adversary: bool, attacked: list[str], seed: int) -> int:
+    rng = np.random.default_rng(seed)
+    sent = 0
+    for i, it in enumerate(traffic):
+        flog.retain(f"t{i}", f"user{i}", crops[i], answers[i], 86400)
+        if rng.random() >= p:
+            continue
+        label = it.sku_id
+        if rng.random() < e:
+            label = str(rng.choice([s for s in skus if s != it.sku_id]))
+        cands = [c["sku_id"] for c in answers[i]["candidates"]]
+        kind = "confirm" if cands and label == cands[0] else (
+            "click" if label in cands else "correct")
+        rank = cands.index(label) + 1 if kind == "click" else None
+        query = flog.get(f"t{i}")
+        assert query is not None
+        flog.record(query, kind, label, rank, 10**6)
+        sent += 1
+    if adversary:
+        for j in range(500):
+            i = j % len(traffic)
+            target = attacked[j % len(attacked)]
+            if target == traffic[i].sku_id:
+                target = attacked[(j + 1) % len(attacked)]
+            flog.retain(f"adv{j}", "adversary", crops[i], answers[i], 86400)
+            query = flog.get(f"adv{j}")
+            assert query is not None
+            flog.record(query, "correct", target, None, 10**6)
+            sent += 1
+    return sent
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--catalog", type=Path, required=True)
+    ap.add_argument("--queries", type=Path, required=True)
+    ap.add_argument("--artifact", type=Path, required=True)
+    ap.add_argument("--localizer", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--ps", default="0.1,0.3,1.0")
+    ap.add_argument("--es", default="0,0.1")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    t0 = time.perf_counter()
+    sicot = load_artifact(args.artifact)
+    loc = load_artifact(args.localizer) if args.localizer else None
+    rec = Recognizer(sicot, loc, OnlineConfig())
+    labels = sicot.config.labels
+    assert labels is not None
+    head = {s for s, n in zip(labels.sku_ids, labels.train_counts, strict=True) if n >= 20}
+    traffic, test = split_queries(read_catalog(args.queries).items)
+    skus = sorted({it.sku_id for it in read_catalog(args.catalog).items})
+    attacked = [str(s) for s in np.random.default_rng(args.seed).choice(
+        skus, min(50, len(skus) // 2), replace=False)]
+    rows: list[dict[str, Any]] = []
+    with redis_connection(None) as (client, url):
+        def publish(prefix: str, feedback: bool, policy: FeedbackPolicy) -> tuple[Any, SkuStore, str]:
+            s = IndexBuilderSettings(key_prefix=prefix, index_dir=args.out / "index",
+                                     artifact_dir=args.artifact, feedback=policy,
+                                     recall_queries=0, gc_after_publish=False)
+            store = SkuStore(client, prefix)
+            rep = build(Runner(s, store, url, progress=False), args.catalog, feedback=feedback,
+                        version=f"{prefix}-v", force=True)
+            return load_snapshot(store, s.index_dir, f"{prefix}-v"), store, " ".join(rep.notes)
+
+        snap, store, _ = publish("base", False, FeedbackPolicy())
+        base = scores(run_all(rec, snap, store, test), test, head, set(attacked))
+        rows.append({"setting": "today (no feedback)", **base, "notes": ""})
+        results = run_all(rec, snap, store, traffic)
+        crops, answers = [], []
+        for it, r in zip(traffic, results, strict=True):
+            img = load_image(it.image)
+            crops.append(encode_jpeg(img.crop(tuple(int(round(v)) for v in r.box)), 256))
+            answers.append({"candidates": [{"sku_id": c.sku_id} for c in r.candidates]})
+        configs = [(float(p), float(e), False, "gate") for p in args.ps.split(",")
+                   for e in args.es.split(",")]
+        configs += [(0.3, 0.1, True, "gate"), (0.3, 0.1, True, "no gate")]
+        for n, (p, e, adv, gate_name) in enumerate(configs):
+            prefix = f"c{n}"
+            flog = FeedbackLog(client, prefix)
+            sent = simulate(flog, traffic, crops, answers, skus, p, e, adv, attacked,
+                            args.seed + n)
+            policy = FeedbackPolicy() if gate_name == "gate" else NO_GATE
+            snap, store, notes = publish(prefix, True, policy)
+            res = scores(run_all(rec, snap, store, test), test, head, set(attacked))
+            rows.append({"setting": f"same-night index feedback, p={p}, e={e}"
+                         + (", + adversary" if adv else "") + f" ({gate_name})",
+                         **res, "feedback_sent": sent, "notes": notes})
+            print(rows[-1]["setting"], {k: v for k, v in res.items() if k.startswith("all")},
+                  flush=True)
+    summary = {"traffic": len(traffic), "test": len(test), "skus": len(skus),
+               "head_skus": len(head), "attacked": attacked, "rows": rows,
+               "seconds": round(time.perf_counter() - t0, 1),
+               "artifact": sicot.config.model_version,
+               "localizer": loc.config.model_version if loc else None}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "feedback_eval.json").write_text(json.dumps(summary, indent=2))
+    cols = ["all_top1", "all_top3", "head_top1", "tail_top1", "attacked_top1", "rest_top1"]
+    print("| setting | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for r in rows:
+        print(f"| {r['setting']} | " + " | ".join(str(r[c]) for c in cols) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
