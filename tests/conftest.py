@@ -108,6 +108,12 @@ def train_args(fields: dict[str, object]) -> list[str]:
     return argv
 
 
+# The test models keep the pre-recipe head and loss (linear head, plain CE, no MixStyle) so the
+# behaviour the service tests lean on does not drift with training.recipe's defaults.
+FIXTURE_RECIPE: dict[str, object] = {"head": "linear", "cosine_margin": 0.0, "mix_style_p": 0.0,
+                                     "tau": 0.0, "dropout": 0.2}
+
+
 @pytest.fixture(scope="session")
 def tiny_artifact(demo_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SICoT artifact of the tiny backbone, freshly trained for a few epochs on the demo
@@ -121,7 +127,7 @@ def tiny_artifact(demo_catalog: Path, tmp_path_factory: pytest.TempPathFactory) 
         "embed_dim": 64, "text_encoder": "bilinear_attention", "word_dim": 16,
         "word2vec_epochs": 2, "epochs": 4, "batch_size": 16, "lr": 0.05, "schedule": "cosine",
         "seed": 0, "num_threads": 1, "eval_every": 0, "run_name": "tiny-sicot",
-        "heldout_per_class": 0, "head_threshold": 20,
+        "heldout_per_class": 0, "head_threshold": 20, **FIXTURE_RECIPE,
     }
     assert train.main(train_args(fields)) == 0
     import json
@@ -146,6 +152,7 @@ def small_artifact(demo_catalog: Path, tmp_path_factory: pytest.TempPathFactory)
         "text_encoder": "bilinear_attention", "word_dim": 16, "word2vec_epochs": 2, "epochs": 6,
         "batch_size": 32, "lr": 0.05, "schedule": "cosine", "seed": 0, "num_threads": 2,
         "eval_every": 0, "run_name": "small-sicot", "heldout_per_class": 0, "cache": "decoded",
+        **FIXTURE_RECIPE,
     }
     assert train.main(train_args(fields)) == 0
     return Path(json.loads((out / "report.json").read_text())["artifact"])
