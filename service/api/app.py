@@ -87,6 +87,7 @@ def openapi_schema(app: FastAPI, settings: ServiceSettings) -> dict[str, Any]:
         f"\n\nImage limits: at most {lim.max_bytes} bytes and {lim.max_pixels} pixels; each "
         f"side at least {lim.min_side} px (else 400 image_too_small)."
     )
+    _document_request_id(spec)
     if s.auth == "required":
         spec.setdefault("components", {})["securitySchemes"] = {
             "ApiKey": {"type": "apiKey", "in": "header", "name": s.api_key_header}}
@@ -94,3 +95,15 @@ def openapi_schema(app: FastAPI, settings: ServiceSettings) -> dict[str, Any]:
             spec["paths"][path][method]["security"] = [{"ApiKey": []}]
     app.openapi_schema = spec
     return spec
+
+
+REQUEST_ID_HEADER = {"description": "the request id (the one sent in X-Request-ID, else a new "
+                     "one); also in the body as request_id", "schema": {"type": "string"}}
+
+
+def _document_request_id(spec: dict[str, Any]) -> None:
+    """The middleware adds X-Request-ID to every answer, errors included: say so."""
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            for response in operation.get("responses", {}).values():
+                response.setdefault("headers", {})["X-Request-ID"] = REQUEST_ID_HEADER

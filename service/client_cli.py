@@ -1,0 +1,78 @@
+"""``sku-recognize PHOTO...``: recognise photos with a running service, for ops and demos.
+
+Prints one table row per photo (SKU, title, score, box in pixels), or with ``--json`` one JSON
+object per line.  The exit code is 1 when any photo failed, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import httpx
+
+from service.api.schemas import RecognizeResponse
+from service.client import RetryPolicy, SkuApiError, SkuClient
+
+COLUMNS = ("photo", "sku", "title", "score", "box")
+
+
+def _row(photo: str, answer: RecognizeResponse | None, error: str = "") -> dict[str, str]:
+    if answer is None:
+        return {"photo": photo, "sku": "-", "title": error, "score": "", "box": ""}
+    sku = answer.sku
+    box = ",".join(f"{v:.0f}" for v in answer.box.pixels)
+    return {"photo": photo, "sku": sku.sku_id if sku else "(no match)",
+            "title": sku.title if sku else "", "score": f"{sku.score:.3f}" if sku else "",
+            "box": box}
+
+
+def _table(rows: list[dict[str, str]]) -> str:
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in COLUMNS}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in COLUMNS)]
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS) for r in rows]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sku-recognize", description=__doc__.splitlines()[0])
+    parser.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
+    parser.add_argument("--url", default=os.environ.get("SKU_URL", "http://127.0.0.1:8000"),
+                        help="service base URL (default: $SKU_URL or http://127.0.0.1:8000)")
+    parser.add_argument("--api-key", default=os.environ.get("SKU_API_KEY"),
+                        help="API key (default: $SKU_API_KEY)")
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--category")
+    parser.add_argument("--min-score", type=float)
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per attempt")
+    parser.add_argument("--retries", type=int, default=3, help="retries on 429/503")
+    parser.add_argument("--json", action="store_true", help="one JSON answer per line")
+    args = parser.parse_args(argv)
+    failed = 0
+    rows = []
+    retry = RetryPolicy(attempts=max(1, args.retries + 1))
+    with SkuClient(args.url, args.api_key, timeout=args.timeout, retry=retry) as client:
+        for photo in args.photos:
+            try:
+                answer = client.recognize(photo, top_k=args.top_k, category=args.category,
+                                          min_score=args.min_score)
+            except (SkuApiError, OSError, httpx.HTTPError) as exc:  # one row per photo
+                failed += 1
+                if args.json:
+                    sys.stdout.write(json.dumps({"photo": str(photo), "error": str(exc)}) + "\n")
+                rows.append(_row(str(photo), None, str(exc)))
+                continue
+            if args.json:
+                sys.stdout.write(json.dumps({"photo": str(photo),
+                                             **answer.model_dump(mode="json")}) + "\n")
+            rows.append(_row(str(photo), answer))
+    if not args.json:
+        sys.stdout.write(_table(rows))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
