@@ -65,7 +65,7 @@ def budget_section(s: dict[str, Any]) -> str:
         f"localizer-like box noise), float16 maps {cache['train_map_shape']} + "
         f"{cache['catalog_views_shape']}, {cache['bytes'] / 2**20:.0f} MiB in all; trunk on "
         f"ONNX Runtime; built in {cache['seconds'] / 60:.1f} min (0 when reused).",
-        f"- Schedule: {c['epochs']} epochs of {s['recipe']['train_per_epoch']} training images "
+        f"- Schedule: {s['recipe']['epochs']} epochs of {s['recipe']['train_per_epoch']} training images "
         f"+ {s['recipe']['catalog_views_per_epoch']} customer views of each catalog image "
         f"(a random cached view each), batch {c['batch_size']}, SGD momentum {c['momentum']}, "
         f"lr {c['lr']} cosine with {c['warmup_epochs']} epoch warm-up, weight decay "
@@ -116,7 +116,7 @@ def write_markdown(s: dict[str, Any], runs_dir: Path, docs: Path) -> Path:
     art = s.get("artifact") or {}
     if art:
         parts.append("## Artifact\n")
-        parts.append(f"Best SICoT variant `{art['variant']}` exported with "
+        parts.append(f"The recipe's SICoT row `{art['variant']}` (not chosen on these scores) exported with "
                      f"`training.export.export_artifact` to `{art['path']}` (outside the repo). "
                      f"Re-scored end-to-end by `sku-eval` (ONNX Runtime, serving preprocessing, "
                      f"full network) on the query crops: top-1 {_f(art['onnx_queries_top1'])} "
