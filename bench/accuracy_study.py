@@ -313,6 +313,13 @@ def merged_accuracy(logits: np.ndarray, sims: np.ndarray, nn_idx: np.ndarray,
     return {"top1": 100 * float(np.mean(hits1)), "top3": 100 * float(np.mean(hits3))}
 
 
+def cache_setup(args: argparse.Namespace) -> dict[str, Any]:
+    """What a trained run depends on besides its variant: the caches it was trained on."""
+    return {"data": str(args.data), "input_size": args.input_size, "cut": args.cut,
+            "train_views": args.train_views, "catalog_views": args.catalog_views,
+            "seed": args.seed}
+
+
 def variant_config(st: Study, v: Variant) -> TrainConfig:
     return st.cfg.model_copy(update={
         "text_encoder": v.text_encoder, "tau": v.tau, "epochs": v.epochs, "lr": v.lr,
@@ -342,7 +349,7 @@ def run_variant(st: Study, name: str, v: Variant) -> dict[str, Any]:
     model, res = train_variant(st, v, name)
     t0 = time.perf_counter()
     scores = score(st, model, v)
-    rep = {"name": name, "variant": v.__dict__, "scores": scores,
+    rep = {"name": name, "variant": v.__dict__, "setup": cache_setup(st.args), "scores": scores,
            "training": {"seconds": res.seconds, "images": res.images,
                         "images_per_s": res.images_per_s, "history": res.history},
            "score_seconds": time.perf_counter() - t0}
@@ -382,9 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     summary_path = args.out / "study.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"variants": {}}
     summary["timing"] = {**summary.get("timing", {}), **st.timing}
-    summary["setup"] = {"input_size": args.input_size, "cut": args.cut,
-                        "train_views": args.train_views, "catalog_views": args.catalog_views,
-                        "queries": args.query, "data": str(args.data)}
+    summary["setup"] = {**cache_setup(args), "queries": args.query}
     for name in [n for n in args.variants.split(",") if n]:
         v = VARIANTS[name]
         if args.epochs:

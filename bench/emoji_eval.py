@@ -155,6 +155,7 @@ def run_variant(name: str, encoder: str | None, tau: float, st: study.Study,
             outs["sku_logits"], labels, lm.train_counts, category_logits=outs["category_logits"],
             sku_category=lm.sku_category, taus=st.cfg.eval_taus)
     rep = {"name": name, "text_encoder": encoder, "train_tau": tau, "variant": v.__dict__,
+           "setup": study.cache_setup(st.args),
            "evaluation": evaluation,
            "training": training}
     (run_dir / "report.json").write_text(json.dumps(json_safe(rep), indent=2))
@@ -170,13 +171,16 @@ def run_variant(name: str, encoder: str | None, tau: float, st: study.Study,
 def trained_before(st: study.Study, v: study.Variant,
                    runs: Path) -> tuple[Any, dict[str, Any] | None]:
     """A run under ``runs`` (this bench's or the study's, on the same caches) that trained
-    exactly this variant: its model and training record instead of training it again (same
-    caches, seed and data order give the same weights)."""
-    want = json.dumps(json_safe(v.__dict__), sort_keys=True)
+    exactly this variant on the same caches (data, size, cut, views, seed): its model and
+    training record instead of training it again (same caches, seed and data order give the
+    same weights)."""
+    want = json.dumps(json_safe({"variant": v.__dict__, "setup": study.cache_setup(st.args)}),
+                      sort_keys=True)
     for rep_path in sorted(runs.glob("*/report.json")):
         rep = json.loads(rep_path.read_text())
         weights = rep_path.parent / "model.pt"
-        if json.dumps(rep.get("variant"), sort_keys=True) == want and weights.is_file():
+        have = {"variant": rep.get("variant"), "setup": rep.get("setup")}
+        if json.dumps(have, sort_keys=True) == want and weights.is_file():
             model = study.build_variant_model(st, v)
             model.load_state_dict(torch.load(weights, map_location="cpu")["model_state"])
             log.info("reusing %s (the same variant, trained before)", rep_path.parent)
@@ -219,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     st, info = build_caches(args)
     cfg = st.cfg.model_copy(update={"query_manifest": args.data / "queries" / "manifest.jsonl"})
-    caches = {**st.maps, "queries": st.maps["queries"]}
-    reference = refs.reference_rows(cfg, st.splits, caches, info, args.out / "runs")
+    reference = refs.reference_rows(cfg, st.splits, st.maps, info, args.out / "runs")
     reps: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
     names = [v for v in args.variants.split(",") if v]
