@@ -32,7 +32,7 @@ serve-demo: setup  ## the same, then leave the service up (URL and API key print
 test: setup  ## install what the tests need and run the whole suite
 	$(PY) -m pytest
 
-lint:  ## ruff + mypy on the core
+lint: setup  ## ruff + mypy (service, index_builder, training)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 

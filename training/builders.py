@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from service.artifact import LabelMap
 from service.catalog import CatalogItem
@@ -26,6 +25,7 @@ from training.customer_views import (
     load_cutouts_or_none,
 )
 from training.data import (
+    EpochDataset,
     ImageSource,
     SkuDataset,
     TrainTransform,
@@ -188,7 +188,7 @@ def preprocess_config(cfg: TrainConfig, model: SICoTModel) -> PreprocessConfig:
 
 
 def train_dataset(cfg: TrainConfig, splits: Splits, source: ImageSource, pcfg: PreprocessConfig,
-                  text: TextData | None) -> Dataset[dict[str, Any]]:
+                  text: TextData | None) -> EpochDataset:
     """The training images (random resized crop) and, with a catalog, its customer views
     (``catalog_views_per_epoch`` of each packshot per epoch)."""
     transform = TrainTransform(pcfg, scale=(cfg.crop_scale_min, 1.0), hflip_p=cfg.hflip_p)

@@ -184,7 +184,14 @@ class TrainTransform:
         return torch.from_numpy(preprocess(img, self.cfg))
 
 
-class SkuDataset(Dataset[dict[str, Any]]):
+class EpochDataset(Dataset[dict[str, Any]]):
+    """A training dataset whose random views are seeded by the epoch (``set_epoch``)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        raise NotImplementedError
+
+
+class SkuDataset(EpochDataset):
     """Items → dicts ``image`` (3,S,S), ``label``, ``category``, ``index`` and, when ``ids``
     are given (titles encoded by the vocabulary), ``ids`` / ``mask``."""
 
@@ -261,13 +268,13 @@ class SkipSampler(Sampler[int]):
         return max(0, len(self.base) - self.skip)
 
 
-def train_sampler(dataset: SkuDataset, *, rank: int, world: int, seed: int) -> DistributedSampler[Any]:
+def train_sampler(dataset: EpochDataset, *, rank: int, world: int, seed: int) -> DistributedSampler[Any]:
     """A seeded shuffling sampler (DistributedSampler also for a single process)."""
     return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
 
 
 def train_loader(
-    dataset: SkuDataset, sampler: DistributedSampler[Any], *, batch_size: int, epoch: int,
+    dataset: EpochDataset, sampler: DistributedSampler[Any], *, batch_size: int, epoch: int,
     skip_batches: int, workers: int, seed: int,
 ) -> DataLoader[dict[str, Any]]:
     """The loader of one epoch; drops the last partial batch (BatchNorm needs > 1 sample)."""
