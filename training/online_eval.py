@@ -5,7 +5,7 @@ artifact recognizes (a) the whole photo, (b) the localizer's main box with the m
 true box + 10 % (upper bound) — plain classifier top-k — and (d) the service's own
 :class:`service.recognizer.Recognizer` (predicted crop, fused category, category-constrained
 top-k, index check). The index is the catalog embedded by the same artifact
-(``index_builder.embed``), searched exactly (FAISS Flat, inner product).
+(``service.embed``), searched exactly (FAISS Flat, inner product).
 
 Queries are split in two by a hash of their file name: the **validation** half chooses the
 category-fusion weight (sweep over ``--weights``), every table reports the **test** half.
@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from index_builder.embed import embed_items
 from service.artifact import Artifact, load_artifact
 from service.binary_index import BinarySpec
+from service.embed import embed_items
 from service.fusion import fuse, search_vote, softmax
 from service.imageio import decode_image, read_image_bytes
 from service.localize import PREDICTED_BOX_MARGIN, LocalizerConfig, expand_box, localize_image

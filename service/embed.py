@@ -19,12 +19,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from service.artifact import Artifact
-from service.catalog import CatalogItem
+from service.catalog import BadRow, CatalogItem
 from service.imageio import ImageError, load_image
 from service.preprocess import PreprocessConfig, crop_box, preprocess
 from service.settings import ImageLimits
-
-from .rows import BadRow
 
 log = logging.getLogger(__name__)
 EMBEDDING_OUTPUT = "embedding"

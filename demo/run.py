@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0, help="service port (0: a free one)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from training.demo_catalog import generate_demo_catalog
+    from demo.catalog import generate_demo_catalog
 
     out = args.out.resolve()
     t_all = time.perf_counter()
