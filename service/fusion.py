@@ -41,6 +41,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# share of the search vote in the category fusion, chosen on the emoji-catalog validation half
+# (docs/results/online-path.md); an artifact's ``evaluation.fusion_weight`` overrides it
+FUSION_WEIGHT = 0.7
+
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax; ``-inf`` entries get probability 0."""

@@ -22,6 +22,7 @@ from PIL import Image
 
 from service.artifact import Artifact
 from service.fusion import (
+    FUSION_WEIGHT,
     allowed_categories,
     constrained_topk,
     fuse,
@@ -82,7 +83,7 @@ class OnlineConfig:
 
     margin: float = PREDICTED_BOX_MARGIN
     search_k: int = 30
-    fusion_weight: float = 0.7  # share of the search vote in the category fusion
+    fusion_weight: float = FUSION_WEIGHT  # share of the search vote in the category fusion
     vote_temperature: float = 0.1  # category vote: softmax temperature over cosine sims
     index_temperature: float = 0.03  # SKU index check: sharp, a near-duplicate should decide
     category_top_n: int | None = 3

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from service.api.errors import ApiError, Unavailable
 from service.api.retention import owner_of
-from service.api.routes import _is_redis_error, get_state, require_api_key
+from service.api.routes import get_state, require_api_key
 from service.api.schemas import ErrorResponse
 from service.api.state import ServiceState
 from service.feedback import (
@@ -23,6 +23,7 @@ from service.feedback import (
     QueryGone,
     RetainedQuery,
 )
+from service.redis_server import is_redis_error
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -62,7 +63,7 @@ async def _redis(state: ServiceState, fn: Callable[..., T], *args: Any) -> T:
     except ApiError:
         raise
     except Exception as exc:
-        if _is_redis_error(exc):
+        if is_redis_error(exc):
             raise Unavailable(f"Redis unavailable: {exc}", state.settings.retry_after_s) from None
         raise
 

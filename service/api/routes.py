@@ -34,6 +34,7 @@ from service.api.schemas import (
 from service.api.state import REDIS_DOWN, ServiceState
 from service.imageio import ImageError, decode_image, full_size
 from service.recognizer import Recognition, RecognizeOptions, UnknownCategory, clip_roi
+from service.redis_server import is_redis_error
 from service.store import VersionGone
 
 log = logging.getLogger(__name__)
@@ -268,7 +269,7 @@ def redis_errors(request: Request, state: ServiceState) -> Iterator[None]:
         log.warning("request %s: %s", request.state.request_id, exc)
         raise IndexUnavailable(f"{exc}; waiting for the next published version", retry) from None
     except Exception as exc:
-        if not _is_redis_error(exc):
+        if not is_redis_error(exc):
             raise
         log.warning("request %s: redis error: %s", request.state.request_id, exc)
         raise Unavailable(REDIS_DOWN, retry) from None
@@ -320,14 +321,6 @@ def _scaled(box: tuple[float, float, float, float], scale: tuple[float, float],
     sx, sy = scale
     x0, y0, x1, y1 = box
     return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
-
-
-def _is_redis_error(exc: Exception) -> bool:
-    try:
-        import redis
-    except ImportError:
-        return False
-    return isinstance(exc, redis.RedisError)
 
 
 @router.get("/skus/{sku_id}/thumbnail", responses={404: {"model": ErrorResponse}},

@@ -12,10 +12,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.localize import PREDICTED_BOX_MARGIN
 from service.settings import (
     ImageLimits,
+    KeyPrefix,
     OnnxRuntimeSettings,
+    RedisUrl,
+    key_prefix_field,
     load_settings,
     redis_url_field,
-    validate_redis_url,
 )
 
 PREFIX = "SKU_SERVICE_"
@@ -55,8 +57,8 @@ class ServiceSettings(BaseSettings):
     )
 
     # where things are
-    redis_url: str | None = redis_url_field(PREFIX)
-    key_prefix: str = Field("sku", pattern=r"^[A-Za-z0-9_.:-]+$", max_length=64)
+    redis_url: RedisUrl = redis_url_field(PREFIX)
+    key_prefix: KeyPrefix = key_prefix_field()
     model_dir: Path = Field(Path("artifacts/sicot"), description="SICoT artifact folder")
     localizer_dir: Path | None = Field(
         None, description="localizer artifact folder; unset = recognise the whole photo"
@@ -119,11 +121,6 @@ class ServiceSettings(BaseSettings):
     feedback_per_minute: int = Field(60, ge=1, description="POST /feedback per key per minute")
     feedback_stream_maxlen: int = Field(
         1_000_000, ge=1000, description="entries the feedback stream keeps (MAXLEN ~)")
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, v: str | None) -> str | None:
-        return validate_redis_url(v)
 
     @field_validator("api_keys")
     @classmethod

@@ -19,15 +19,13 @@ from service.api.settings import ServiceSettings
 from service.artifact import ArtifactError, load_artifact
 from service.batching import MicroBatcher
 from service.binary_index import configure_faiss
+from service.fusion import FUSION_WEIGHT
 from service.localize import LocalizerConfig
 from service.recognizer import OnlineConfig, Recognizer
 from service.redis_server import PrivateRedisServer, RedisUnavailable, connect, redact_url
 from service.snapshot import IndexFollower
 from service.store import SkuStore
 
-# share of the search vote in the category fusion, chosen on the emoji-catalog validation half
-# (docs/results/online-path.md); an artifact's evaluation.fusion_weight overrides it
-FUSION_WEIGHT = 0.7
 # what clients are told; the address and the driver's error go to the log only
 REDIS_DOWN = "the SKU store (Redis) is not answering"
 AUTH_OFF = "authentication is disabled (SKU_SERVICE_AUTH=disabled): anyone can call the API"
