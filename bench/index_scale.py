@@ -209,8 +209,8 @@ def query_10m(folder: Path, timed: int) -> None:
     q = np.load(folder.parent / f"{folder.name}-queries.npy")
     truth = np.load(folder.parent / f"{folder.name}-truth.npy")
     res: dict[str, Any] = {"load_s": load_s, "rss_before_kb": before, "rss_loaded_kb": loaded}
-    for rerank in (100, 300, 1000):
-        for nprobe in (32, 64, 128):
+    for rerank in (300,):
+        for nprobe in (128, 256, 512):
             retune(index, {"ivf_nprobe": nprobe, "float_rerank": rerank})
             cpu, wall = time_queries(index, q, "float", timed)  # cold pages first
             _, rows = index.search(q, 10)
