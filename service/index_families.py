@@ -27,8 +27,9 @@ MID_FAMILY: dict[str, Any] = {
     "float_factory": "IVF4096_HNSW32,PQ64x4fs", "ivf_nprobe": 512, "float_rerank": 300,
     "train_sample": 160_000, "binary": {"kind": "none"},
 }
-# 10M: the same quantizer (more lists would cost a k-means these 2 cores cannot afford
-# nightly), float16 vectors on disk; figures in docs/benchmarks.md
+# > 2M: the same quantizer (more lists would cost a k-means these 2 cores cannot afford
+# nightly), float16 vectors on disk.  NOT yet measured at 10M (docs/benchmarks.md): nprobe
+# 256 is the 1M figure's (0.947); `bench/index_scale.py --section 10m` is the run to set it
 LARGE_FAMILY: dict[str, Any] = {
     "float_factory": "IVF4096_HNSW32,PQ64x4fs", "ivf_nprobe": 256, "float_rerank": 300,
     "train_sample": 160_000, "vectors_dtype": "float16", "binary": {"kind": "none"},

@@ -71,7 +71,7 @@ class IndexSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     float_factory: str = Field(
-        "Flat", description="FAISS factory string (inner product); '{nlist}' = about 4*sqrt(N); "
+        "auto", description="FAISS factory string (inner product); '{nlist}' = about 4*sqrt(N); "
         "'auto' = the measured default for the catalog size (service.index_families)"
     )
     hnsw_ef_search: int = Field(128, ge=1)
@@ -115,6 +115,7 @@ def build_float_index(x: np.ndarray, spec: IndexSpec) -> Any:
     faiss = configure_faiss()
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"expected a non-empty (N, d) matrix, got shape {x.shape}")
+    spec = resolve_spec(spec, len(x))
     factory = resolve_factory(spec.float_factory, len(x))
     try:
         index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
