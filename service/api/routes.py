@@ -363,6 +363,7 @@ async def readyz(state: State) -> JSONResponse:
         model_version=r.sicot.config.model_version if r else None,
         localizer_version=r.localizer.config.model_version if r and r.localizer else None,
         index_version=snap.version if snap else None,
+        published_index_version=state.follower.published if state.follower else None,
     )
     headers = None if body.ready else {"Retry-After": str(state.settings.retry_after_s)}
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503, headers=headers)

@@ -96,4 +96,7 @@ class ReadyResponse(BaseModel):
     model_version: str | None = None
     localizer_version: str | None = None
     index_version: str | None = None
+    published_index_version: str | None = Field(
+        None, description="the version Redis points at; differs from index_version while a "
+        "newly published version loads, or when it could not be loaded (see detail.index)")
     detail: dict[str, str] = Field(default_factory=dict)

@@ -135,7 +135,12 @@ class ServiceState:
             log.warning("cannot read the index pointer: %s", exc)
             return
         self.problems.pop("redis", None)
-        self.metrics.index_reloads.labels("loaded" if changed else "unchanged").inc()
+        behind = self.follower.behind
+        self.metrics.index_reloads.labels(
+            "loaded" if changed else "failed" if behind and self.follower.last_error
+            else "unchanged").inc()
+        self.metrics.index_behind.set(1 if behind else 0)
+        self._publish_versions()  # the published version may have moved without a load
 
     async def poll_index(self) -> None:
         loop = asyncio.get_running_loop()
@@ -183,6 +188,9 @@ class ServiceState:
                 log.warning("readiness: redis ping failed: %s", exc)
         if not checks["index"] and self.follower is not None and self.follower.last_error:
             detail["index"] = self.follower.last_error
+        elif self.follower is not None and self.follower.behind:
+            # still ready: it answers from the version it has, like before the publish
+            detail["index"] = self.follower.behind
         return checks, detail
 
     def _publish_versions(self) -> None:
@@ -192,4 +200,5 @@ class ServiceState:
             model_version=r.sicot.config.model_version if r else None,
             localizer_version=r.localizer.config.model_version if r and r.localizer else None,
             index_version=snap.version if snap else None,
+            published_index_version=self.follower.published if self.follower else None,
         )
