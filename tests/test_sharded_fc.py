@@ -123,7 +123,7 @@ def _compare(head: str, rank: int, tmp: Path) -> dict[str, float]:
         torch.save({"model": ms, "opt": os_}, tmp / f"{head}-gathered.pt")
         x = torch.randn(3, 3, 32, 32)  # the gathered dense copy serves like the dense model
         served = dense_model(sharded, ms).eval()(x)["sku_logits"]
-        diffs["served"] = float((served - dense(x)["sku_logits"]).abs().max())
+        diffs["served"] = _max_diff({"logits": served}, {"logits": dense(x)["sku_logits"]})
     else:
         assert ms is None and os_ is None
     return diffs

@@ -99,7 +99,10 @@ class ShardedClassifier(nn.Module):
         indices, sorted) when negative classes are sampled."""
         w = self.weight if rows is None else self.weight.index_select(0, rows)
         if self.head == "cosine":
-            return self.scale * F.normalize(x, dim=1) @ F.normalize(w, dim=1).t()
+            # γ·x̂·Wᵀ scaled per column by 1/|W_c|: the same as normalising W (as the dense
+            # head does) without a normalised copy of the shard and its gradient temporaries
+            inv = w.norm(dim=1).clamp_min(1e-12).reciprocal()
+            return (self.scale * F.normalize(x, dim=1)) @ w.t() * inv
         b = self.bias if rows is None or self.bias is None else self.bias.index_select(0, rows)
         return F.linear(x, w, b)
 
