@@ -252,10 +252,11 @@ def test_torchrun_sharded_fc_gathers_exports_and_resumes_dense(
     momentum = [e["momentum_buffer"] for e in ckpt["optimizer_state"]["state"].values()]
     assert any(m.shape == (classes, 32) for m in momentum)  # W's momentum, gathered too
     rep = json.loads((out / "report.json").read_text())
-    assert rep["onnx_max_abs_diff"] <= 1e-4 and Path(rep["artifact"]).is_dir()
+    # cosine logits reach γ = 16: 5e-4 is float32 rounding (~3e-5 relative)
+    assert rep["onnx_max_abs_diff"] <= 5e-4 and Path(rep["artifact"]).is_dir()
     assert "heldout_top1" in rep["training"]["history"][0]  # evaluated on the gathered W
     assert train.main(["--resume", str(out), "--epochs", "2", "--sharded-fc", "false",
                        "--fc-sample-rate", "1", "--batch-size", "8"]) == 0
     resumed = load_checkpoint(out)
     assert resumed["step"] == 2 * ckpt["step"] and not resumed["train_config"]["sharded_fc"]
-    assert json.loads((out / "report.json").read_text())["onnx_max_abs_diff"] <= 1e-4
+    assert json.loads((out / "report.json").read_text())["onnx_max_abs_diff"] <= 5e-4
