@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.catalog import CatalogItem, RowError, is_remote, read_catalog
+from service.label_filter import labels_of
 from service.store import SkuRecord
 
 
@@ -110,10 +111,10 @@ def sort_rows(items: Iterable[CatalogItem]) -> list[CatalogItem]:
 
 
 def row_json(item: CatalogItem) -> dict[str, Any]:
-    """A row of ``rows.jsonl``: the catalog object with an absolute image path.  (Not the
-    source line: the same row must give the same file whether it came from a full catalog or
-    from a delta.)"""
-    return item.to_json()
+    """A row of ``rows.jsonl``: the catalog object with an absolute image path and the SKU's
+    ``labels`` (sorted ``key=value``, what a filter matches).  (Not the source line: the same
+    row must give the same file whether it came from a full catalog or from a delta.)"""
+    return {**item.to_json(), "labels": sorted(labels_of(item.tags))}
 
 
 def sku_records(
