@@ -282,3 +282,16 @@ def test_client_and_cli_pass_filter_and_max_objects(
         assert cli_main([str(photo), *common, "--filter", "tag=a AND", "--json"]) == 1
         out = json.loads(capsys.readouterr().out)
         assert "invalid_filter" in out["error"] and "position 9" in out["error"]
+
+
+def test_micro_batching_serves_every_object_of_a_request(
+    served: dict[str, Any], demo_catalog: Path, localizer: Path
+) -> None:
+    photo = _busy_photo(demo_catalog, localizer)
+    plain = _post(served["client"], photo, max_objects=3, top_k=3).json()
+    settings = served["settings"].model_copy(update={"batching": True})
+    with TestClient(create_app(settings)) as client:
+        batched = _post(client, photo, max_objects=3, top_k=3).json()
+    assert [o["box"] for o in batched["objects"]] == [o["box"] for o in plain["objects"]]
+    assert [[c["sku_id"] for c in o["candidates"]] for o in batched["objects"]] == \
+        [[c["sku_id"] for c in o["candidates"]] for o in plain["objects"]]

@@ -144,6 +144,44 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         503: "models, index or Redis unavailable; see Retry-After",
     }.items()
 }
+_CANDIDATE_EXAMPLE = {
+    "sku_id": "FLORA-400", "score": 0.87, "source": "both", "title": "Flora Original 400 ml",
+    "tags": ["brand=Flora", "size=400ml", "vegan"],
+    "labels": ["brand=Flora", "size=400ml", "tag=vegan"], "category": "Spreads",
+    "image": "gs://catalog/flora-400-front.jpg", "thumbnail_url": "/skus/FLORA-400/thumbnail",
+    "matched_image": {"row": 412, "image": "gs://catalog/flora-400-side.jpg",
+                      "similarity": 0.83},
+}
+_CATEGORY_EXAMPLE = {"name": "Spreads", "model": 0.71, "search": 0.9, "fused": 0.84,
+                     "top": [{"name": "Spreads", "model": 0.71, "search": 0.9, "fused": 0.84}],
+                     "constrained_to": ["Spreads"]}
+_BOX_EXAMPLE = {"pixels": [112.0, 40.0, 260.0, 301.0], "normalized": [0.175, 0.083, 0.406, 0.627],
+                "source": "localizer", "score": 0.91}
+RESPONSE_EXAMPLE = {
+    "request_id": "7f9c2a6e1b3d4c5f", "status": "recognized", "sku": _CANDIDATE_EXAMPLE,
+    "candidates": [_CANDIDATE_EXAMPLE], "category": _CATEGORY_EXAMPLE, "box": _BOX_EXAMPLE,
+    "objects": [
+        {"box": _BOX_EXAMPLE, "score": 0.91, "category": _CATEGORY_EXAMPLE,
+         "sku": _CANDIDATE_EXAMPLE, "candidates": [_CANDIDATE_EXAMPLE],
+         "fewer_than_top_k": True},
+        {"box": {"pixels": [300.0, 60.0, 420.0, 290.0], "normalized": [0.469, 0.125, 0.656, 0.604],
+                 "source": "localizer", "score": 0.64},
+         "score": 0.64, "category": None, "sku": None, "candidates": [],
+         "fewer_than_top_k": True},
+    ],
+    "fewer_than_top_k": True,
+    "filter": {"expression": "brand=Flora AND size=400ml", "skus_passing": 3, "search_k": 640},
+    "image_size": {"width": 640, "height": 480}, "model_version": "sicot-lite0-3f2a",
+    "localizer_version": "localizer-9b1c", "index_version": "20240601T020000Z-1a2b3c4d",
+    "index_built_at": "2024-06-01T02:00:00Z",
+    "timings_ms": {"decode": 1.2, "localize": 3.3, "recognize": 6.0, "search": 0.2, "fuse": 0.6,
+                   "metadata": 0.8, "total": 12.1},
+    "retained": False,
+}
+ERRORS[200] = {"content": {"application/json": {"example": RESPONSE_EXAMPLE}}}
+ERRORS[422]["content"] = {"application/json": {"example": {"error": {
+    "code": "invalid_filter", "request_id": "7f9c2a6e1b3d4c5f", "position": 16,
+    "message": "filter: expected key=value or '(', got 'AND' at position 16"}}}}
 BODY_DOC = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "string", "format": "binary"}}}},
