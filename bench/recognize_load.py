@@ -12,7 +12,8 @@ the same run, with the ratio of the service to it.
 
 ``--mode objects`` instead measures, in one run on one service (batching off), what each extra
 object costs: ``max_objects`` 1, 3 and 5 (``--max-objects``), then ``max_objects=1`` with a
-selective ``filter`` (the catalog label of the fewest SKUs), at each concurrency.
+selective ``filter`` (the catalog label of the fewest SKUs), at each concurrency; then the
+same points in-process (the service's Recognizer, stage medians, points interleaved).
 """
 
 from __future__ import annotations
@@ -174,6 +175,40 @@ def objects_sweep(port: int, photos: list[bytes], args: argparse.Namespace, dura
     return out
 
 
+def inprocess_sweep(sicot: Path, localizer: Path | None, index_dir: Path, redis_url: str,
+                    photos: list[bytes], max_objects: list[int], label: str,
+                    rounds: int) -> dict[str, dict[str, float]]:
+    """The service's Recognizer on the published version, in-process, one thread: median ms
+    per stage for each point, the points interleaved round by round so that load from other
+    processes falls on all of them alike."""
+    from service.binary_index import configure_faiss
+    from service.label_filter import parse_filter
+    from service.recognizer import RecognizeOptions, Recognizer
+    from service.redis_server import connect
+    from service.snapshot import load_snapshot
+    from service.store import SkuStore
+
+    configure_faiss().omp_set_num_threads(1)  # as the service does (one query per request)
+    rt = OnnxRuntimeSettings(intra_op_threads=1)
+    rec = Recognizer(load_artifact(sicot, rt), load_artifact(localizer, rt) if localizer else None)
+    store = SkuStore(connect(redis_url))
+    version = store.current_version()
+    assert version is not None
+    snap = load_snapshot(store, index_dir, version)
+    imgs = [decode_image(p) for p in photos[:16]]
+    points = {f"max_objects={n}": RecognizeOptions(max_objects=n) for n in max_objects}
+    points[f"max_objects=1 filter={label}"] = RecognizeOptions(filter=parse_filter(label))
+    stages: dict[str, dict[str, list[float]]] = {name: {} for name in points}
+    for _ in range(rounds):
+        for name, opts in points.items():
+            for img in imgs:
+                res = rec.recognize(img, snap, store, opts)
+                for stage, ms in {**res.timings_ms, "objects": len(res.objects)}.items():
+                    stages[name].setdefault(stage, []).append(ms)
+    return {name: {k: round(statistics.median(v) if k != "objects" else statistics.fmean(v), 3)
+                   for k, v in by.items()} for name, by in stages.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--demo-dir", type=Path, default=REPO / "demo-output")
@@ -187,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="batching: micro-batching off/on; objects: max_objects and a filter")
     p.add_argument("--max-objects", type=int, nargs="+", default=[1, 3, 5],
                    help="objects mode: the max_objects values, in one run")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="objects mode: interleaved in-process rounds over 16 photos")
     args = p.parse_args(argv)
     demo = args.demo_dir.resolve()
     sicot = Path(json.loads((demo / "runs" / "sicot" / "report.json").read_text())["artifact"])
@@ -220,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
                     label = selective_label(demo / "catalog" / "catalog")
                     results["selective_filter"] = label
                     results["objects"] = objects_sweep(port, photos, args, duration, label)
+                    proc.terminate()  # the in-process points run alone
+                    proc.wait(timeout=15)
+                    results["objects_in_process"] = inprocess_sweep(
+                        sicot, localizer, index_dir, redis.url, photos, args.max_objects, label,
+                        args.rounds)
+                    for name, med in results["objects_in_process"].items():
+                        print(f"in-process {name:<34} median " + "  ".join(
+                            f"{k} {v:.1f}" for k, v in med.items()))
                     continue
                 rows_out = []
                 for c in (int(x) for x in args.concurrency.split(",")):
