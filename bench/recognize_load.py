@@ -183,7 +183,8 @@ def inprocess_sweep(sicot: Path, localizer: Path | None, index_dir: Path, redis_
     processes falls on all of them alike."""
     from service.binary_index import configure_faiss
     from service.label_filter import parse_filter
-    from service.recognizer import RecognizeOptions, Recognizer
+    from service.recognition import RecognizeOptions
+    from service.recognizer import Recognizer
     from service.redis_server import connect
     from service.snapshot import load_snapshot
     from service.store import SkuStore

@@ -39,7 +39,7 @@ from service.fusion import (
 )
 from service.localize import expand_box, main_box_values, postprocess
 from service.preprocess import preprocess
-from service.recognition import (  # re-exported: the online path's values live there
+from service.recognition import (
     Candidate,
     FilterStats,
     IndexSnapshot,
@@ -50,15 +50,8 @@ from service.recognition import (  # re-exported: the online path's values live 
     RecognizeOptions,
     SkuLookup,
     UnknownCategory,
-    VectorSearch,
 )
 from service.sku_table import FilterMask, SkuTable
-
-__all__ = [
-    "Candidate", "FilterStats", "IndexSnapshot", "Located", "ObjectRecognition", "OnlineConfig",
-    "Recognition", "RecognizeOptions", "Recognizer", "SkuLookup", "UnknownCategory",
-    "VectorSearch", "clip_roi",
-]
 
 RunFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 

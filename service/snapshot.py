@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from service.artifact import sha256_file
-from service.recognizer import IndexSnapshot
+from service.recognition import IndexSnapshot
 from service.sku_table import SkuTable
 from service.store import SkuStore, VersionManifest
 from service.vector_index import load_version_index

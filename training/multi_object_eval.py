@@ -29,7 +29,8 @@ from service.artifact import load_artifact
 from service.catalog import CatalogItem
 from service.imageio import decode_image, read_image_bytes
 from service.localize import LocalizerConfig, box_iou
-from service.recognizer import OnlineConfig, Recognition, RecognizeOptions, Recognizer
+from service.recognition import OnlineConfig, Recognition, RecognizeOptions
+from service.recognizer import Recognizer
 from training.data import load_items
 from training.online_eval import NoMetadata, build_snapshot, query_eval_parser, save_report
 

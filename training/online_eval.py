@@ -36,7 +36,8 @@ from service.fusion import fuse, search_vote, softmax
 from service.imageio import decode_image, read_image_bytes
 from service.localize import PREDICTED_BOX_MARGIN, LocalizerConfig, expand_box, localize_image
 from service.preprocess import preprocess
-from service.recognizer import IndexSnapshot, OnlineConfig, Recognizer
+from service.recognition import IndexSnapshot, OnlineConfig
+from service.recognizer import Recognizer
 from service.vector_index import IndexSpec, VectorIndex
 from training.data import load_items
 from training.localizer.evaluate import score_image, summarize, true_boxes

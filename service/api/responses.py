@@ -17,8 +17,8 @@ from service.api.schemas import (
     RecognizeResponse,
 )
 from service.api.state import ServiceState
-from service.recognizer import Candidate as Scored
-from service.recognizer import ObjectRecognition, Recognition
+from service.recognition import Candidate as Scored
+from service.recognition import ObjectRecognition, Recognition
 
 Box = tuple[float, float, float, float]
 

@@ -30,7 +30,8 @@ from service.api.schemas import (
 from service.api.state import REDIS_DOWN, ServiceState
 from service.imageio import ImageError, decode_image, full_size
 from service.label_filter import FilterError, parse_filter
-from service.recognizer import RecognizeOptions, UnknownCategory, clip_roi
+from service.recognition import RecognizeOptions, UnknownCategory
+from service.recognizer import clip_roi
 from service.store import VersionGone
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from service.artifact import ArtifactError, load_artifact
 from service.batching import MicroBatcher
 from service.binary_index import configure_faiss
 from service.localize import LocalizerConfig
-from service.recognizer import OnlineConfig, Recognizer
+from service.recognition import OnlineConfig
+from service.recognizer import Recognizer
 from service.redis_server import PrivateRedisServer, RedisUnavailable, connect, redact_url
 from service.snapshot import IndexFollower
 from service.store import SkuStore
