@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from service.artifact import sha256_file
+from service.label_filter import labels_of
 from service.redis_cluster import scan_keys, unlink_keys
 from service.store import VERSION_RE, SkuStore
 from service.vector_index import ROWS_FILE, RowMap, VectorIndex
@@ -206,7 +207,8 @@ def _check_hashes(store: SkuStore, version: str, folder: Path, skus: list[str],
             row = first.get(s)
             if got is None or row is None:
                 continue  # a missing key is reported by _check_keys
-            for name in ("title", "category", "tags"):
+            row.setdefault("labels", sorted(labels_of(row.get("tags", []))))  # older rows
+            for name in ("title", "category", "tags", "labels"):
                 want = row.get(name, [] if name == "tags" else "")
                 if got[name] != want:
                     res.problems.append(f"SKU {s}: {name} {got[name]!r} != rows.jsonl {want!r}")

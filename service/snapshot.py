@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from service.artifact import sha256_file
-from service.recognizer import IndexSnapshot
+from service.recognition import IndexSnapshot
+from service.sku_table import SkuTable
 from service.store import SkuStore, VersionManifest
 from service.vector_index import load_version_index
 
@@ -73,6 +74,8 @@ def load_snapshot(
         row_sku_ids=np.asarray(rows.sku_ids, dtype=object),
         row_categories=np.asarray(rows.categories, dtype=object),
         model_version=manifest.model_version,
+        skus=SkuTable(rows.sku_ids, rows.labels, rows.images, rows.catalog),
+        embeddings=index.embeddings,
     )
 
 

@@ -14,7 +14,7 @@ Files of a version folder (the index builder writes them, the service loads them
     binary.faiss        optional IndexBinaryFlat / IndexBinaryHNSW / IndexBinaryIVF over codes
     binary_codec.npz    mean (d,) and projection (d, nbits): code = sign((x - mean) @ projection)
     index_spec.json     the :class:`IndexSpec` it was built with
-    rows.jsonl          row → catalog item (sku_id, image, box, title, tags, category), in row
+    rows.jsonl          row → catalog item (sku_id, image, box, title, tags, category, labels), in row
                         order (see :class:`RowMap`)
 
 The binary scheme follows "Visual Search at Alibaba": a (random or ITQ-learned) rotation and
@@ -28,7 +28,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +49,7 @@ from service.binary_index import (
     set_binary_params,
 )
 from service.index_families import family_for
+from service.label_filter import labels_of
 
 __all__ = [
     "BinaryCodec", "BinarySpec", "IndexSpec", "RowMap", "VectorIndex", "build_float_index",
@@ -261,25 +262,33 @@ class VectorIndex:
 
 @dataclass
 class RowMap:
-    """Row → SKU: parallel lists, row i of the index is ``sku_ids[i]`` seen in ``images[i]``."""
+    """Row → SKU: parallel lists, row i of the index is ``sku_ids[i]`` seen in ``images[i]``;
+    ``labels[i]`` are its SKU's ``key=value`` labels, ``catalog[i]`` is False for a row made
+    from user feedback (a shopper's crop, never shown to other clients as a catalog image)."""
 
     sku_ids: list[str]
     images: list[str]
     categories: list[str]
+    labels: list[tuple[str, ...]] = field(default_factory=list)
+    catalog: list[bool] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.sku_ids)
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> RowMap:
-        sku_ids, images, categories = [], [], []
+        out = cls([], [], [])
         with open(path, encoding="utf-8") as fh:
             for line in fh:
                 obj = json.loads(line)
-                sku_ids.append(obj["sku_id"])
-                images.append(obj["image"])
-                categories.append(obj.get("category", ""))
-        return cls(sku_ids, images, categories)
+                out.sku_ids.append(obj["sku_id"])
+                out.images.append(obj["image"])
+                out.categories.append(obj.get("category", ""))
+                # versions built before labels were stored: the same rule, from the tags
+                labels = obj["labels"] if "labels" in obj else labels_of(obj.get("tags", []))
+                out.labels.append(tuple(sorted(labels)))
+                out.catalog.append(obj.get("source") != "feedback")
+        return out
 
 
 def _is_mapped_from(x: np.ndarray, path: Path, dtype: str) -> bool:

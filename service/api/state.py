@@ -20,7 +20,8 @@ from service.artifact import ArtifactError, load_artifact
 from service.batching import MicroBatcher
 from service.binary_index import configure_faiss
 from service.localize import LocalizerConfig
-from service.recognizer import OnlineConfig, Recognizer
+from service.recognition import OnlineConfig
+from service.recognizer import Recognizer
 from service.redis_server import PrivateRedisServer, RedisUnavailable, connect, redact_url
 from service.snapshot import IndexFollower
 from service.store import SkuStore
@@ -98,10 +99,12 @@ class ServiceState:
 
             run = run_counted
         loc_cfg = LocalizerConfig.from_model_cfg(
-            localizer.config.model if localizer else {}, margin=s.localizer_margin
+            localizer.config.model if localizer else {}, margin=s.localizer_margin,
+            score_threshold=s.localizer_score_threshold,
         )
         online = OnlineConfig(
             margin=s.localizer_margin, search_k=s.search_k, localizer=loc_cfg,
+            filter_max_search_k=s.filter_max_search_k,
             fusion_weight=float(sicot.config.evaluation.get("fusion_weight", FUSION_WEIGHT)),
         )
         self.recognizer = Recognizer(sicot, localizer, online, run_sicot=run)
