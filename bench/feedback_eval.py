@@ -31,7 +31,8 @@ from service.catalog import CatalogItem, read_catalog
 from service.feedback import FeedbackLog, encode_jpeg
 from service.feedback_gate import FeedbackPolicy
 from service.imageio import load_image
-from service.recognizer import OnlineConfig, RecognizeOptions, Recognizer
+from service.recognition import OnlineConfig, RecognizeOptions
+from service.recognizer import Recognizer
 from service.redis_server import redis_connection
 from service.snapshot import load_snapshot
 from service.store import SkuStore

@@ -299,7 +299,7 @@ def write_files(runner: Runner, report: RunReport, plan: VersionPlan, version: s
         version=version, kind=plan.kind, parent_version=plan.parent, built_at=utc_now(),
         model_name=artifact.config.name, model_version=artifact.config.model_version,
         embed_dim=index.dim, content_digest=plan.digest, counts=counts,
-        index=s.index.model_dump(mode="json") | {"recall_at_10": report.recall},
+        index=index.spec.model_dump(mode="json") | {"recall_at_10": report.recall},
         files=file_entries(tmp, names), index_dir=str(final.resolve()), key_prefix=s.key_prefix,
     )
     (tmp / maintenance.VERSION_MARKER).write_text(manifest.model_dump_json(indent=2))

@@ -3,9 +3,10 @@
 gc keeps the current version and the ``keep`` published versions after it in the history
 (the ``rollback`` targets); everything else goes: older published versions, versions rolled
 away from, and the debris of builds that died before publishing (registered in ``builds``, or
-only present as keys or folders).  Keys are found with one SCAN over the SKU-key pattern and
-removed with UNLINK in batches (non-blocking on the server); the control entries then go in one
-MULTI/EXEC.
+only present as keys or folders).  Keys are found with a SCAN over the SKU-key pattern on every
+primary (a Redis Cluster spreads a version over all of them) and removed with UNLINK in batches
+(non-blocking on the server); the control entries then go in one MULTI/EXEC (one slot: they
+share the ``{P}`` hash tag).
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 from service.artifact import sha256_file
+from service.label_filter import labels_of
+from service.redis_cluster import scan_keys, unlink_keys
 from service.store import VERSION_RE, SkuStore
 from service.vector_index import ROWS_FILE, RowMap, VectorIndex
 
@@ -60,13 +64,13 @@ def gc(store: SkuStore, index_dir: Path | None, keep: int, *, dry_run: bool = Fa
        progress: bool = True, batch: int = 500) -> GcResult:
     """Delete every version except the current one, ``keep`` rollback targets and the
     versions running services report as served."""
-    keys, client = store.keys, store.client
+    keys = store.keys
     kept = kept_versions(store, keep)
     keep_set = set(kept)
     known = {i.version for i in store.list_versions()}
     doomed: set[str] = set()
     deleted_keys = 0
-    scan = client.scan_iter(match=keys.all_versions_pattern, count=1000)
+    scan = scan_keys(store.client, keys.all_versions_pattern)
     bar = tqdm(desc="gc scan", unit="key", disable=None if progress else True)
     for chunk in _batched(scan, batch):
         bar.update(len(chunk))
@@ -77,12 +81,12 @@ def gc(store: SkuStore, index_dir: Path | None, keep: int, *, dry_run: bool = Fa
                 victims.append(key)
                 doomed.add(version)
         if victims and not dry_run:
-            client.unlink(*victims)
+            unlink_keys(store.client, victims)
         deleted_keys += len(victims)
     bar.close()
     doomed |= known - keep_set
     if not dry_run and doomed:
-        pipe = client.pipeline(transaction=True)
+        pipe = store.client.pipeline(transaction=True)
         for v in sorted(doomed):
             pipe.delete(keys.manifest(v))
             pipe.lrem(keys.history, 0, v)
@@ -97,11 +101,10 @@ def gc(store: SkuStore, index_dir: Path | None, keep: int, *, dry_run: bool = Fa
 
 
 def delete_version_keys(store: SkuStore, version: str, batch: int = 500) -> int:
-    """UNLINK every SKU key of ``version`` (SCAN with the version's pattern)."""
+    """UNLINK every SKU key of ``version`` (SCAN with the version's pattern, every primary)."""
     n = 0
-    scan = store.client.scan_iter(match=store.keys.version_pattern(version), count=1000)
-    for chunk in _batched(scan, batch):
-        store.client.unlink(*chunk)
+    for chunk in _batched(scan_keys(store.client, store.keys.version_pattern(version)), batch):
+        unlink_keys(store.client, chunk)
         n += len(chunk)
     return n
 
@@ -186,8 +189,7 @@ def _check_keys(store: SkuStore, version: str, skus: list[str], res: VerifyResul
     res.checked_keys = len(skus)
     if missing:
         res.problems.append(f"{len(missing)} SKU keys missing, e.g. {missing[:5]}")
-    n_keys = sum(1 for _ in store.client.scan_iter(match=store.keys.version_pattern(version),
-                                                   count=1000))
+    n_keys = sum(1 for _ in scan_keys(store.client, store.keys.version_pattern(version)))
     if n_keys != len(skus):
         res.problems.append(f"{n_keys} keys under {store.keys.version_pattern(version)}, "
                             f"expected {len(skus)}")
@@ -195,7 +197,7 @@ def _check_keys(store: SkuStore, version: str, skus: list[str], res: VerifyResul
 
 def _check_hashes(store: SkuStore, version: str, folder: Path, skus: list[str],
                   res: VerifyResult, batch: int = 1000) -> None:
-    first: dict[str, dict[str, object]] = {}
+    first: dict[str, dict[str, Any]] = {}
     with open(folder / ROWS_FILE, encoding="utf-8") as fh:
         for line in fh:
             obj = json.loads(line)
@@ -206,7 +208,8 @@ def _check_hashes(store: SkuStore, version: str, folder: Path, skus: list[str],
             row = first.get(s)
             if got is None or row is None:
                 continue  # a missing key is reported by _check_keys
-            for name in ("title", "category", "tags"):
+            row.setdefault("labels", sorted(labels_of(row.get("tags", []))))  # older rows
+            for name in ("title", "category", "tags", "labels"):
                 want = row.get(name, [] if name == "tags" else "")
                 if got[name] != want:
                     res.problems.append(f"SKU {s}: {name} {got[name]!r} != rows.jsonl {want!r}")

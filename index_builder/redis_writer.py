@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from tqdm import tqdm
 
+from service.redis_cluster import is_cluster
 from service.store import SKU_FIELDS, KeySchema, SkuRecord
 
 if TYPE_CHECKING:
@@ -186,7 +187,13 @@ class WriteStats:
         return self.count / self.seconds if self.seconds > 0 else 0.0
 
 
-def choose_method(method: str, url: str, redis_cli: str | None) -> str:
+def choose_method(method: str, url: str, redis_cli: str | None, client: object = None) -> str:
+    if is_cluster(client):
+        # redis-cli --pipe sends every command to the one node of the URL: MOVED errors
+        if method == "mass":
+            raise WriteError("mass insertion (redis-cli --pipe) is not cluster-aware: use "
+                             "SKU_INDEX_WRITE_METHOD=pipeline (or auto) on a Redis Cluster")
+        return "pipeline"
     if method != "auto":
         return method
     try:
@@ -203,7 +210,7 @@ def write_records(
     progress: bool = True,
 ) -> WriteStats:
     """Write ``records`` as SKU hashes of ``version`` (fresh keys: the version is new)."""
-    method = choose_method(method, url, redis_cli)
+    method = choose_method(method, url, redis_cli, client)
     bar = tqdm(total=len(records), desc=f"redis ({method})", unit="sku",
                disable=None if progress else True)
     t0 = time.perf_counter()
@@ -229,7 +236,7 @@ def copy_skus(
     *, method: str = "auto", redis_cli: str | None = None, batch: int = 1000,
 ) -> WriteStats:
     """Server-side ``COPY`` of unchanged SKUs from ``src`` into ``dst`` (``update``)."""
-    method = choose_method(method, url, redis_cli)
+    method = choose_method(method, url, redis_cli, client)
     t0 = time.perf_counter()
     if method == "mass":
         # redis-cli counts error replies only, and COPY of a missing key is a 0, not an

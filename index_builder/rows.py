@@ -12,6 +12,7 @@ Rules (the same for ``build`` and for the upserts of ``update``):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,7 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.catalog import BadRow, CatalogItem, RowError, is_remote, read_catalog
+from service.catalog import BadRow, CatalogItem, RowError, is_remote, read_catalog, read_jsonl
+from service.label_filter import labels_of
 from service.store import SkuRecord
 
 
@@ -92,11 +94,19 @@ def sort_rows(items: Iterable[CatalogItem]) -> list[CatalogItem]:
     return sorted(items, key=lambda it: it.sku_id)
 
 
+def row_items(path: str | os.PathLike[str]) -> list[CatalogItem]:
+    """The catalog items of a version's ``rows.jsonl`` (the inverse of :func:`row_json`: the
+    derived ``labels`` are dropped, so a row read back equals the catalog row it came from)."""
+    items = read_jsonl(path, check_images=False).items
+    return [dataclasses.replace(i, extra={k: v for k, v in i.extra.items() if k != "labels"})
+            for i in items]
+
+
 def row_json(item: CatalogItem) -> dict[str, Any]:
-    """A row of ``rows.jsonl``: the catalog object with an absolute image path.  (Not the
-    source line: the same row must give the same file whether it came from a full catalog or
-    from a delta.)"""
-    return item.to_json()
+    """A row of ``rows.jsonl``: the catalog object with an absolute image path and the SKU's
+    ``labels`` (sorted ``key=value``, what a filter matches).  (Not the source line: the same
+    row must give the same file whether it came from a full catalog or from a delta.)"""
+    return {**item.to_json(), "labels": sorted(labels_of(item.tags))}
 
 
 def sku_records(

@@ -50,7 +50,8 @@ class IndexBuilderSettings(BaseSettings):
         0.05, ge=0.0, le=1.0, description="fail the run when more of the rows than this are bad"
     )
 
-    index: IndexSpec = Field(default_factory=IndexSpec)
+    index: IndexSpec = Field(default_factory=IndexSpec, description="float_factory 'auto' (the "
+                             "default): the measured family for the catalog's size")
     recall_queries: int = Field(200, ge=0, description="sampled rows used to report recall@10")
 
     feedback: FeedbackPolicy = Field(

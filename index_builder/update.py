@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.catalog import CatalogItem, read_jsonl
+from service.catalog import CatalogItem
 from service.embed import embed_items
 from service.store import StoreError
 from service.vector_index import EMBEDDINGS_FILE, ROWS_FILE
@@ -23,7 +23,7 @@ from service.vector_index import EMBEDDINGS_FILE, ROWS_FILE
 from .build import ConfigError, DataError, Runner, VersionPlan, class_index, write_version
 from .delta import read_delta
 from .report import RunReport
-from .rows import sku_records
+from .rows import row_items, sku_records
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def update(runner: Runner, delta_path: Path, *, version: str | None = None,
                           f"{base.model_version}, the artifact is "
                           f"{artifact.config.model_version}: run a full build")
     folder = base_folder(runner, base.version, base.index_dir)
-    base_rows = read_jsonl(folder / ROWS_FILE, check_images=False).items
+    base_rows = row_items(folder / ROWS_FILE)
     touched = delta.touched
     kept = [i for i, row in enumerate(base_rows) if row.sku_id not in touched]
     base_skus = {r.sku_id for r in base_rows}

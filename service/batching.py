@@ -43,9 +43,10 @@ class MicroBatcher:
         self._thread.start()
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one image ``(1, 3, S, S)`` through the model; blocks until its batch is done."""
-        if x.ndim != 4 or x.shape[0] != 1:
-            raise ValueError(f"expected a single-image batch (1,3,S,S), got {x.shape}")
+        """Run one request's images ``(n, 3, S, S)`` (its objects) through the model, batched
+        with other requests'; blocks until its batch is done."""
+        if x.ndim != 4 or x.shape[0] < 1:
+            raise ValueError(f"expected a batch of images (n,3,S,S), got {x.shape}")
         fut: Future[dict[str, np.ndarray]] = Future()
         self._queue.put((x, fut))
         return fut.result()
@@ -60,7 +61,7 @@ class MicroBatcher:
             return None
         items = [first]
         deadline = time.monotonic() + self._max_wait
-        while len(items) < self._max_batch:
+        while sum(x.shape[0] for x, _ in items) < self._max_batch:
             remaining = deadline - time.monotonic()
             try:
                 nxt = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else (
@@ -82,7 +83,7 @@ class MicroBatcher:
             # images of one batch must share a shape; split by shape if they do not
             by_shape: dict[tuple[int, ...], list[int]] = {}
             for i, (x, _) in enumerate(items):
-                by_shape.setdefault(tuple(x.shape), []).append(i)
+                by_shape.setdefault(tuple(x.shape[1:]), []).append(i)
             for idxs in by_shape.values():
                 self._run_group([items[i] for i in idxs])
 
@@ -91,10 +92,13 @@ class MicroBatcher:
             batch = np.concatenate([x for x, _ in group], axis=0)
             outs = self._run(batch)
             if self._on_batch is not None:
-                self._on_batch(len(group))
+                self._on_batch(batch.shape[0])
         except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
             for _, fut in group:
                 fut.set_exception(exc)
             return
-        for i, (_, fut) in enumerate(group):
-            fut.set_result({k: v[i : i + 1] for k, v in outs.items()})
+        start = 0
+        for x, fut in group:
+            end = start + x.shape[0]
+            fut.set_result({k: v[start:end] for k, v in outs.items()})
+            start = end

@@ -102,7 +102,7 @@ class BinaryCodec:
 
     @classmethod
     def fit(cls, x: np.ndarray, spec: BinarySpec, seed: int = 1234) -> BinaryCodec:
-        x = sample_rows(as_f32(x), spec.itq_sample, seed)
+        x = as_f32(sample_rows(x, spec.itq_sample, seed))
         d, nbits = x.shape[1], spec.nbits
         rng = np.random.default_rng(seed)
         mean = x.mean(axis=0)

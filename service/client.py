@@ -6,8 +6,9 @@ sooner than the server's ``Retry-After``; every other error is raised at once as
 :class:`SkuApiError` carrying the service's ``{"error": {code, message, request_id}}`` body.
 
     with SkuClient("http://localhost:8000", api_key="...") as client:
-        answer = client.recognize("shelf.jpg", top_k=3)
-        print(answer.sku.sku_id if answer.sku else answer.status)
+        answer = client.recognize("shelf.jpg", top_k=3, max_objects=3, filter="brand=Flora")
+        for obj in answer.objects:  # the main product first
+            print(obj.box.pixels, obj.sku.sku_id if obj.sku else "no match")
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ def _parse(response: httpx.Response, attempts: int) -> RecognizeResponse:
 
 
 def _options(top_k: int | None, category: str | None, roi: Any, min_score: float | None,
-             ) -> dict[str, Any]:
-    return {"top_k": top_k, "category": category, "roi": roi, "min_score": min_score}
+             filter: str | None, max_objects: int | None) -> dict[str, Any]:
+    return {"top_k": top_k, "category": category, "roi": roi, "min_score": min_score,
+            "filter": filter, "max_objects": max_objects}
 
 
 class SkuClient:
@@ -101,9 +103,14 @@ class SkuClient:
         self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
 
     def recognize(self, image: Image, *, top_k: int | None = None, category: str | None = None,
-                  roi: Any = None, min_score: float | None = None) -> RecognizeResponse:
-        """Recognise the product in ``image`` (a path or the encoded bytes)."""
-        parts = _request_parts(image, _options(top_k, category, roi, min_score))
+                  roi: Any = None, min_score: float | None = None, filter: str | None = None,
+                  max_objects: int | None = None) -> RecognizeResponse:
+        """Recognise the products in ``image`` (a path or the encoded bytes): ``filter`` a
+        label filter (``"brand=Flora AND size=400ml"``), ``max_objects`` how many detected
+        products to recognise (``answer.objects``, main first); ``roi`` one object's
+        ``box.pixels`` to recognise only that crop."""
+        parts = _request_parts(image, _options(top_k, category, roi, min_score, filter,
+                                               max_objects))
         attempt = 0
         while True:
             response = self._http.post("/recognize", **parts)
@@ -134,9 +141,11 @@ class AsyncSkuClient:
 
     async def recognize(self, image: Image, *, top_k: int | None = None,
                         category: str | None = None, roi: Any = None,
-                        min_score: float | None = None) -> RecognizeResponse:
-        """Recognise the product in ``image`` (a path or the encoded bytes)."""
-        parts = _request_parts(image, _options(top_k, category, roi, min_score))
+                        min_score: float | None = None, filter: str | None = None,
+                        max_objects: int | None = None) -> RecognizeResponse:
+        """Recognise the products in ``image``; the options of :meth:`SkuClient.recognize`."""
+        parts = _request_parts(image, _options(top_k, category, roi, min_score, filter,
+                                               max_objects))
         attempt = 0
         while True:
             response = await self._http.post("/recognize", **parts)

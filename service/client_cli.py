@@ -1,7 +1,7 @@
 """``sku-recognize PHOTO...``: recognise photos with a running service, for ops and demos.
 
-Prints one table row per photo (SKU, title, score, box in pixels), or with ``--json`` one JSON
-object per line.  The exit code is 1 when any photo failed, 2 on bad arguments.
+Prints one table row per recognised object of each photo (object 1 is the main one; SKU,
+title, score, box in pixels), or with ``--json`` one JSON answer per line.  The exit code is 1 when any photo failed, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -17,17 +17,22 @@ import httpx
 from service.api.schemas import RecognizeResponse
 from service.client import RetryPolicy, SkuApiError, SkuClient
 
-COLUMNS = ("photo", "sku", "title", "score", "box")
+COLUMNS = ("photo", "obj", "sku", "title", "score", "box")
 
 
-def _row(photo: str, answer: RecognizeResponse | None, error: str = "") -> dict[str, str]:
+def _rows(photo: str, answer: RecognizeResponse | None, error: str = "") -> list[dict[str, str]]:
+    """One row per recognised object (the main one is object 1), or one row for an error."""
     if answer is None:
-        return {"photo": photo, "sku": "-", "title": error, "score": "", "box": ""}
-    sku = answer.sku
-    box = ",".join(f"{v:.0f}" for v in answer.box.pixels)
-    return {"photo": photo, "sku": sku.sku_id if sku else "(no match)",
-            "title": sku.title if sku else "", "score": f"{sku.score:.3f}" if sku else "",
-            "box": box}
+        return [{"photo": photo, "obj": "-", "sku": "-", "title": error, "score": "", "box": ""}]
+    # a server before multi-object answers sends no objects: its one answer is the main one
+    found = [(o.sku, o.box) for o in answer.objects] or [(answer.sku, answer.box)]
+    rows = []
+    for i, (sku, box_used) in enumerate(found, start=1):
+        box = box_used.pixels
+        rows.append({"photo": photo, "obj": str(i), "sku": sku.sku_id if sku else "(no match)",
+                     "title": sku.title if sku else "", "score": f"{sku.score:.3f}" if sku else "",
+                     "box": ",".join(f"{v:.0f}" for v in box)})
+    return rows
 
 
 def _table(rows: list[dict[str, str]]) -> str:
@@ -47,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--category")
     parser.add_argument("--min-score", type=float)
+    parser.add_argument("--filter", help="label filter, e.g. 'brand=Flora AND size=400ml'")
+    parser.add_argument("--max-objects", type=int,
+                        help="recognise up to N products per photo (one row each)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per attempt")
     parser.add_argument("--retries", type=int, default=3, help="retries on 429/503")
     parser.add_argument("--json", action="store_true", help="one JSON answer per line")
@@ -58,17 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         for photo in args.photos:
             try:
                 answer = client.recognize(photo, top_k=args.top_k, category=args.category,
-                                          min_score=args.min_score)
+                                          min_score=args.min_score, filter=args.filter,
+                                          max_objects=args.max_objects)
             except (SkuApiError, OSError, httpx.HTTPError) as exc:  # one row per photo
                 failed += 1
                 if args.json:
                     sys.stdout.write(json.dumps({"photo": str(photo), "error": str(exc)}) + "\n")
-                rows.append(_row(str(photo), None, str(exc)))
+                rows += _rows(str(photo), None, str(exc))
                 continue
             if args.json:
                 sys.stdout.write(json.dumps({"photo": str(photo),
                                              **answer.model_dump(mode="json")}) + "\n")
-            rows.append(_row(str(photo), answer))
+            rows += _rows(str(photo), answer)
     if not args.json:
         sys.stdout.write(_table(rows))
     return 1 if failed else 0

@@ -7,8 +7,8 @@ Public API::
                 *, temperature=0.1, k=None) -> (C,) distribution
     fuse(model_probs (C,), vote_probs (C,), weight) -> (C,)   weight = share of the vote
     allowed_categories(probs (C,), *, top_n=None, cum_prob=None) -> (C,) bool
-    constrained_topk(sku_logits (S,), sku_category (S,) int, allowed (C,) bool, k)
-                -> (indices (k',) int64, probs (k',) float64)
+    constrained_topk(sku_logits (S,), sku_category (S,) int, allowed (C,) bool, k,
+                     eligible=None (S,) bool) -> (indices (k',) int64, probs (k',) float64)
     merge_with_neighbours(classifier_sku_ids, classifier_probs, neighbour_sku_ids,
                           neighbour_sims, *, k=5, weight=0.5, temperature=0.1,
                           known_sku_ids=None) -> list[MergedCandidate]
@@ -140,8 +140,13 @@ def constrained_topk(
     sku_category: np.ndarray | Sequence[int],
     allowed: np.ndarray,
     k: int,
+    eligible: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` SKUs among the allowed categories → (indices, probabilities)."""
+    """Top-``k`` SKUs among the allowed categories → (indices, probabilities).
+
+    ``eligible`` (S,) bool (a label filter): SKUs outside it are never returned but keep
+    their share of the softmax, so a filter that lets one SKU through does not make it look
+    certain; fewer than ``k`` come back when fewer are eligible."""
     if k < 1:
         raise ValueError("k must be >= 1")
     logits = np.asarray(sku_logits, dtype=np.float64).reshape(-1)
@@ -157,6 +162,12 @@ def constrained_topk(
         keep = np.ones_like(keep)
     masked = np.where(keep, logits, -np.inf)
     probs = softmax(masked)
+    if eligible is not None:
+        ok = np.asarray(eligible, dtype=bool).reshape(-1)
+        if ok.shape != keep.shape:
+            raise ValueError(f"{logits.size} SKU logits but {ok.size} eligibility flags")
+        keep &= ok
+        masked = np.where(keep, masked, -np.inf)
     n = min(k, int(keep.sum()))
     order = np.argsort(-masked, kind="stable")[:n]
     return order.astype(np.int64), probs[order]

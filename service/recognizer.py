@@ -1,9 +1,15 @@
 """The online path, composed from the core's pure functions (no web framework here):
 
-decode (caller) → localize the main product (or the client's ROI) → crop with a margin →
-SICoT visual path (embedding, SKU logits, category logits) → nearest catalog images (FAISS) →
-category fusion (model + search vote) → category-constrained SKU top-k → index check (merge
-with the neighbours' SKUs) → SKU metadata from Redis in one round trip.
+decode (caller) → localize the products (or take the client's ROI) → crop each with a margin →
+SICoT visual path on every crop in one batched call (embedding, SKU logits, category logits) →
+nearest catalog images (FAISS, one batched search) → per object: category fusion (model +
+search vote) → category-constrained SKU top-k → index check (merge with the neighbours' SKUs)
+→ SKU metadata of every object from Redis in one round trip → each candidate's nearest catalog
+image.
+
+A label ``filter`` removes SKUs before any top-k: the classifier's candidates (never returned,
+though they keep their share of the softmax) and the index neighbours alike, searched deeper
+when the filter is selective (:meth:`Recognizer.search_depth`).
 
 Scores: a candidate's score is ``(1 - w)·p_classifier + w·q_index`` (``q`` for a SKU the
 classifier does not know), not renormalised over the returned list, so ``min_score`` means the
@@ -12,17 +18,18 @@ same whatever ``top_k`` is.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from service.artifact import Artifact
 from service.fusion import (
-    FUSION_WEIGHT,
+    MergedCandidate,
     allowed_categories,
     constrained_topk,
     fuse,
@@ -30,90 +37,23 @@ from service.fusion import (
     search_vote,
     softmax,
 )
-from service.localize import (
-    PREDICTED_BOX_MARGIN,
-    LocalizerConfig,
-    expand_box,
-    postprocess,
-    select_main_box,
-)
+from service.localize import expand_box, main_box_values, postprocess
 from service.preprocess import preprocess
+from service.recognition import (
+    Candidate,
+    FilterStats,
+    IndexSnapshot,
+    Located,
+    ObjectRecognition,
+    OnlineConfig,
+    Recognition,
+    RecognizeOptions,
+    SkuLookup,
+    UnknownCategory,
+)
+from service.sku_table import FilterMask, SkuTable
 
 RunFn = Callable[[np.ndarray], dict[str, np.ndarray]]
-
-
-class UnknownCategory(ValueError):
-    """The client's category hint names no category of the model or the index."""
-
-
-class VectorSearch(Protocol):
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-class SkuLookup(Protocol):
-    def get_skus(
-        self, version: str, sku_ids: Sequence[str], *, published: bool = False
-    ) -> list[dict[str, Any] | None]: ...
-
-
-@dataclass
-class IndexSnapshot:
-    """One published index version as the service holds it: immutable once loaded, swapped
-    whole when a new version is published (requests keep the snapshot they started with)."""
-
-    version: str
-    built_at: str
-    index: VectorSearch
-    row_sku_ids: np.ndarray  # (rows,) str: the SKU of each indexed catalog image
-    row_categories: np.ndarray  # (rows,) str
-    model_version: str = ""
-
-
-@dataclass(frozen=True)
-class RecognizeOptions:
-    top_k: int = 5
-    category: str | None = None
-    roi: tuple[float, float, float, float] | None = None
-    min_score: float = 0.0
-
-
-@dataclass(frozen=True)
-class OnlineConfig:
-    """Knobs of the online path (the service's settings fill them)."""
-
-    margin: float = PREDICTED_BOX_MARGIN
-    search_k: int = 30
-    fusion_weight: float = FUSION_WEIGHT  # share of the search vote in the category fusion
-    vote_temperature: float = 0.1  # category vote: softmax temperature over cosine sims
-    index_temperature: float = 0.03  # SKU index check: sharp, a near-duplicate should decide
-    category_top_n: int | None = 3
-    category_cum_prob: float | None = 0.95
-    index_weight: float = 0.5  # share of the neighbours in the final SKU score
-    localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
-
-
-@dataclass
-class Candidate:
-    sku_id: str
-    score: float
-    source: str
-    metadata: dict[str, Any]
-
-
-@dataclass
-class Recognition:
-    candidates: list[Candidate]
-    best: Candidate | None
-    category_names: list[str]
-    category_model: np.ndarray
-    category_vote: np.ndarray
-    category_fused: np.ndarray
-    constrained_to: list[str]
-    box: tuple[float, float, float, float]
-    box_source: str
-    box_score: float | None
-    image_size: tuple[int, int]
-    timings_ms: dict[str, float]
 
 
 class _Clock:
@@ -125,6 +65,15 @@ class _Clock:
         now = time.perf_counter()
         self.ms[stage] = self.ms.get(stage, 0.0) + (now - self.last) * 1000.0
         self.last = now
+
+
+@dataclass
+class _Ranked:
+    merged: list[MergedCandidate]
+    p_model: np.ndarray
+    p_vote: np.ndarray
+    p_fused: np.ndarray
+    allowed: np.ndarray
 
 
 class Recognizer:
@@ -151,13 +100,17 @@ class Recognizer:
         self.sku_category = np.asarray(labels.sku_category, dtype=np.int64)
         self._cat_index = {c: i for i, c in enumerate(self.categories)}
         self._cat_lookup = {c.casefold(): c for c in self.categories}
+        self._class_pos: tuple[SkuTable, np.ndarray] | None = None
 
     # -- stages -------------------------------------------------------------------------
-    def locate(self, img: Image.Image) -> tuple[tuple[float, float, float, float], str, float | None]:
-        """The main product's box in pixels, where it came from, and its score."""
+    def locate_all(self, img: Image.Image, max_objects: int = 1) -> list[Located]:
+        """Up to ``max_objects`` product boxes in pixels (the localizer's detections after NMS
+        and the score threshold), with where they came from and their score, ordered by the
+        main-box rule: the main product first.  No localizer or no detection: the photo."""
         w, h = img.size
+        whole: list[Located] = [((0.0, 0.0, float(w), float(h)), "full_image", None)]
         if self.localizer is None:
-            return (0.0, 0.0, float(w), float(h)), "full_image", None
+            return whole
         loc = self.localizer
         x = preprocess(img, loc.preprocess)[None]
         cfg = self.config.localizer
@@ -166,13 +119,18 @@ class Recognizer:
             model_cfg=loc.config.model, score_threshold=cfg.score_threshold,
             nms_iou=cfg.nms_iou, max_detections=cfg.max_detections,
         )
-        i = select_main_box(
-            dets, (w, h), size_power=cfg.size_power, center_power=cfg.center_power
-        )
-        if i is None:
-            return (0.0, 0.0, float(w), float(h)), "full_image", None
-        box = tuple(float(v) for v in dets.boxes[i])
-        return box, "localizer", float(dets.scores[i])  # type: ignore[return-value]
+        if len(dets) == 0:
+            return whole
+        values = main_box_values(dets, (w, h), size_power=cfg.size_power,
+                                 center_power=cfg.center_power)
+        # stable: ties keep the detector's order (by score), as select_main_box does
+        order = np.argsort(-values, kind="stable")[:max_objects]
+        return [(tuple(float(v) for v in dets.boxes[i]), "localizer",  # type: ignore[misc]
+                 float(dets.scores[i])) for i in order]
+
+    def locate(self, img: Image.Image) -> Located:
+        """The main product's box in pixels, where it came from, and its score."""
+        return self.locate_all(img, 1)[0]
 
     def resolve_category(self, hint: str, snap: IndexSnapshot) -> str:
         name = self._cat_lookup.get(hint.casefold())
@@ -182,6 +140,27 @@ class Recognizer:
             if str(c).casefold() == hint.casefold():
                 return str(c)
         raise UnknownCategory(f"unknown category {hint!r}")
+
+    def search_depth(self, snap: IndexSnapshot, mask: FilterMask | None) -> int:
+        """Neighbours to search: ``search_k``, deeper when a filter removes rows."""
+        k = self.config.search_k
+        if mask is None:
+            return k
+        share = mask.row_share
+        if share <= 0.0:
+            return 0
+        return int(min(len(snap.row_sku_ids), max(k, self.config.filter_max_search_k),
+                       math.ceil(k / share)))
+
+    def eligible_classes(self, snap: IndexSnapshot, mask: FilterMask) -> np.ndarray:
+        """(S,) bool: the model's SKUs the filter lets through (a SKU the served version
+        does not hold has no labels, so no filter passes it)."""
+        table = snap.skus
+        assert table is not None
+        cached = self._class_pos
+        if cached is None or cached[0] is not table:
+            cached = self._class_pos = (table, table.positions(self.sku_ids))
+        return np.append(mask.skus, False)[cached[1]]
 
     # -- the whole path -----------------------------------------------------------------
     def recognize(
@@ -196,31 +175,68 @@ class Recognizer:
         clock = _Clock()
         w, h = img.size
         hint = self.resolve_category(opts.category, snap) if opts.category else None
+        mask = None
+        if opts.filter is not None:
+            if snap.skus is None:
+                raise ValueError("the served index version holds no labels to filter on")
+            mask = snap.skus.mask(opts.filter)
 
         if opts.roi is not None:
-            box, src, box_score = clip_roi(opts.roi, (w, h)), "roi", None
+            located: list[Located] = [(clip_roi(opts.roi, (w, h)), "roi", None)]
         else:
-            box, src, box_score = self.locate(img)
+            located = self.locate_all(img, opts.max_objects)
+        crops = [expand_box(box, cfg.margin, (w, h)) if src == "localizer" else box
+                 for box, src, _ in located]
         clock.lap("localize")
 
-        crop_px = expand_box(box, cfg.margin, (w, h)) if src == "localizer" else box
-        crop = img.crop(tuple(int(round(v)) for v in crop_px))  # type: ignore[arg-type]
-        out = self._run_sicot(preprocess(crop, self.sicot.preprocess)[None])
+        batch = np.stack([preprocess(img.crop(tuple(int(round(v)) for v in c)),  # type: ignore[arg-type]
+                                     self.sicot.preprocess) for c in crops])
+        out = self._run_sicot(batch)  # every object in one model call
         emb = out["embedding"].astype(np.float32)
-        sku_logits = out["sku_logits"][0]
-        cat_logits = out["category_logits"][0]
         clock.lap("recognize")
 
-        sims, rows = snap.index.search(emb, cfg.search_k)
-        sims, rows = sims[0], rows[0]
-        ok = rows >= 0
-        sims, rows = sims[ok], rows[ok]
+        depth = self.search_depth(snap, mask)
+        if depth > 0:
+            all_sims, all_rows = snap.index.search(emb, depth)
+        else:
+            all_sims = np.zeros((len(crops), 0), np.float32)
+            all_rows = np.zeros((len(crops), 0), np.int64)
+        clock.lap("search")
+
+        eligible = self.eligible_classes(snap, mask) if mask is not None else None
+        ranked = []
+        for i in range(len(crops)):
+            sims, rows = all_sims[i], all_rows[i]
+            keep = rows >= 0
+            if mask is not None:
+                keep &= mask.rows[np.where(keep, rows, 0)]
+            sims, rows = sims[keep][: cfg.search_k], rows[keep][: cfg.search_k]
+            ranked.append(self._rank(out["sku_logits"][i], out["category_logits"][i], sims,
+                                     rows, snap, hint, eligible, opts.top_k))
+        clock.lap("fuse")
+
+        wanted = list(dict.fromkeys(m.sku_id for r in ranked for m in r.merged))
+        metas = dict(zip(wanted, store.get_skus(snap.version, wanted, published=True),
+                         strict=True))
+        objects = [
+            self._object(r, metas, emb[i], snap, located[i], crops[i], opts)
+            for i, r in enumerate(ranked)
+        ]
+        clock.lap("metadata")
+        clock.ms["total"] = (time.perf_counter() - clock.t0) * 1000.0
+        stats = FilterStats(mask.skus_passing, depth) if mask is not None else None
+        return Recognition(objects=objects, category_names=list(self.categories),
+                           image_size=(w, h), timings_ms=clock.ms, filter=stats)
+
+    def _rank(self, sku_logits: np.ndarray, cat_logits: np.ndarray, sims: np.ndarray,
+              rows: np.ndarray, snap: IndexSnapshot, hint: str | None,
+              eligible: np.ndarray | None, top_k: int) -> _Ranked:
+        """Category fusion, constrained top-k and the index check of one object."""
+        cfg = self.config
         n_skus, n_cats = snap.row_sku_ids[rows], snap.row_categories[rows]
         if hint is not None:  # the client knows the category: only its neighbours count
             keep = n_cats == hint
             sims, n_skus, n_cats = sims[keep], n_skus[keep], n_cats[keep]
-        clock.lap("search")
-
         cat_ids = np.asarray([self._cat_index.get(str(c), -1) for c in n_cats], dtype=np.int64)
         p_model = softmax(cat_logits.astype(np.float64))
         p_vote = search_vote(cat_ids, sims, len(self.categories), temperature=cfg.vote_temperature)
@@ -232,20 +248,24 @@ class Recognizer:
                 p_fused, top_n=cfg.category_top_n, cum_prob=cfg.category_cum_prob
             )
         idx, probs = constrained_topk(
-            sku_logits, self.sku_category, allowed, k=max(opts.top_k * 2, 10)
+            sku_logits, self.sku_category, allowed, k=max(top_k * 2, 10), eligible=eligible
         )
         if hint is not None and not allowed.any():  # hint only known to the index
             idx, probs = idx[:0], probs[:0]
         merged = merge_with_neighbours(
             [self.sku_ids[i] for i in idx], probs, list(n_skus), sims,
-            k=opts.top_k + 5, weight=cfg.index_weight, temperature=cfg.index_temperature,
+            k=top_k + 5, weight=cfg.index_weight, temperature=cfg.index_temperature,
             known_sku_ids=self.known_skus,
         )
-        clock.lap("fuse")
+        return _Ranked(merged, p_model, p_vote, p_fused, allowed)
 
-        metas = store.get_skus(snap.version, [m.sku_id for m in merged], published=True)
+    def _object(self, r: _Ranked, metas: dict[str, dict[str, Any] | None], emb: np.ndarray,
+                snap: IndexSnapshot, located: Located, crop: tuple[float, float, float, float],
+                opts: RecognizeOptions) -> ObjectRecognition:
+        cfg = self.config
         candidates: list[Candidate] = []
-        for m, meta in zip(merged, metas, strict=True):
+        for m in r.merged:
+            meta = metas[m.sku_id]
             if meta is None:  # the SKU left the catalog after the model was trained
                 continue
             unknown = m.sku_id not in self.known_skus
@@ -255,15 +275,17 @@ class Recognizer:
             candidates.append(Candidate(m.sku_id, float(np.clip(raw, 0, 1)), m.source, meta))
         candidates.sort(key=lambda c: -c.score)
         candidates = candidates[: opts.top_k]
+        if snap.skus is not None and snap.embeddings is not None:
+            for c in candidates:
+                c.match = snap.skus.nearest_image(c.sku_id, emb, snap.embeddings)
         best = candidates[0] if candidates and candidates[0].score >= opts.min_score else None
-        clock.lap("metadata")
-        clock.ms["total"] = (time.perf_counter() - clock.t0) * 1000.0
-        return Recognition(
-            candidates=candidates, best=best, category_names=list(self.categories),
-            category_model=p_model, category_vote=p_vote, category_fused=p_fused,
-            constrained_to=[c for c, a in zip(self.categories, allowed, strict=True) if a],
-            box=box if src != "localizer" else crop_px, box_source=src, box_score=box_score,
-            image_size=(w, h), timings_ms=clock.ms,
+        box, src, box_score = located
+        return ObjectRecognition(
+            candidates=candidates, best=best, category_model=r.p_model,
+            category_vote=r.p_vote, category_fused=r.p_fused,
+            constrained_to=[c for c, a in zip(self.categories, r.allowed, strict=True) if a],
+            box=crop if src == "localizer" else box, box_source=src, box_score=box_score,
+            detection=box if src == "localizer" else None,
         )
 
 

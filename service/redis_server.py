@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:  # redis is a `serve` extra; importing this module must not need it
     import redis
@@ -106,6 +106,7 @@ class PrivateRedisServer:
     binary: str | None = None
     port: int = 0
     startup_timeout_s: float = 10.0
+    extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _tmpdir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
 
@@ -133,6 +134,7 @@ class PrivateRedisServer:
                 "--protected-mode", "yes",
                 "--loglevel", "warning",
                 "--logfile", "",
+                *self.extra_args,
             ]
             self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             atexit.register(self.stop)
@@ -199,15 +201,22 @@ def connect(
     url: str, *, timeout_s: float = 2.0, connect_timeout_s: float | None = None
 ) -> redis.Redis:
     """A redis-py client for ``url`` that has answered PING; raises :class:`RedisUnavailable`.
-    ``timeout_s`` bounds every command (socket timeout), ``connect_timeout_s`` each connect."""
+    ``timeout_s`` bounds every command (socket timeout), ``connect_timeout_s`` each connect.
+
+    When the server runs in cluster mode (``INFO cluster``) the client is a
+    ``redis.RedisCluster`` seeded from that node: it has the same command and pipeline API, so
+    callers keep the ``redis.Redis`` type (see :mod:`service.redis_cluster`)."""
     import redis
 
-    client = redis.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s or timeout_s,
-        health_check_interval=30,
-    )
+    opts: dict[str, Any] = {"socket_timeout": timeout_s,
+                            "socket_connect_timeout": connect_timeout_s or timeout_s}
+    client = redis.Redis.from_url(url, health_check_interval=30, **opts)
     try:
         client.ping()
+        if client.info("cluster").get("cluster_enabled"):
+            client.close()
+            client = cast("redis.Redis", redis.RedisCluster.from_url(url, **opts))
+            client.ping()
     except redis.RedisError as exc:
         client.close()
         raise RedisUnavailable(f"Redis at {redact_url(url)} is not answering: {exc}") from exc

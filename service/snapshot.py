@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from service.artifact import sha256_file
-from service.recognizer import IndexSnapshot
+from service.recognition import IndexSnapshot
+from service.sku_table import SkuTable
 from service.store import SkuStore, VersionManifest
 from service.vector_index import load_version_index
 
@@ -73,6 +74,8 @@ def load_snapshot(
         row_sku_ids=np.asarray(rows.sku_ids, dtype=object),
         row_categories=np.asarray(rows.categories, dtype=object),
         model_version=manifest.model_version,
+        skus=SkuTable(rows.sku_ids, rows.labels, rows.images, rows.catalog),
+        embeddings=index.embeddings,
     )
 
 
@@ -105,6 +108,7 @@ class IndexFollower:
         self.on_change = on_change
         self.served_ttl_s = served_ttl_s
         self.snapshot: IndexSnapshot | None = None
+        self.published: str | None = None  # the pointer at the last refresh
         self.last_error: str | None = None
         self._failed: set[str] = set()
         self._lock = threading.Lock()
@@ -115,6 +119,7 @@ class IndexFollower:
         caller decides how to report that)."""
         version = self.store.current_version()
         with self._lock:
+            self.published = version
             old = self.snapshot
             if version is None:
                 self._drop("no index version is published (the current pointer is absent)")
@@ -133,6 +138,16 @@ class IndexFollower:
         if self.on_change is not None:
             self.on_change(snap)
         return True
+
+    @property
+    def behind(self) -> str | None:
+        """Why the served version is not the published one (a replica that could not load
+        the new version keeps serving its previous one), or ``None`` when it is."""
+        snap = self.snapshot
+        if snap is None or self.published in (None, snap.version):
+            return None
+        return (f"serving {snap.version}; published version {self.published} not loaded: "
+                f"{self.last_error or 'loading'}")
 
     def _drop(self, reason: str) -> None:
         if self.snapshot is not None:

@@ -38,13 +38,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.label_filter import labels_of
+
 if TYPE_CHECKING:  # redis is a `serve` extra; importing the schema must not need it
     import redis
 
 MANIFEST_FORMAT_VERSION = 1
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SKU_FIELDS: tuple[str, ...] = (
-    "sku_id", "title", "tags", "category", "class_index", "image", "images", "thumb",
+    "sku_id", "title", "tags", "category", "class_index", "image", "images", "labels", "thumb",
 )
 _JSON_FIELDS = frozenset({"tags", "images"})
 
@@ -145,16 +147,23 @@ class SkuRecord:
             out["thumb"] = self.thumb
         return out
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The tags as sorted ``key=value`` labels (a bare tag ``x`` is ``tag=x``): what a
+        ``filter`` matches.  Derived from ``tags``, stored too, for other readers of the hash."""
+        return tuple(sorted(labels_of(self.tags)))
+
     def text_values(self) -> tuple[str, ...]:
         """The values of every field but ``thumb``, in :data:`SKU_FIELDS` order."""
         return (self.sku_id, self.title, json_list(self.tags), self.category,
-                str(self.class_index), self.image, json_list(self.images))
+                str(self.class_index), self.image, json_list(self.images),
+                json_list(self.labels))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "sku_id": self.sku_id, "title": self.title, "tags": list(self.tags),
             "category": self.category, "class_index": self.class_index, "image": self.image,
-            "images": list(self.images), "thumb": self.thumb,
+            "images": list(self.images), "labels": list(self.labels), "thumb": self.thumb,
         }
 
 

@@ -2,15 +2,19 @@
 
 Files of a version folder (the index builder writes them, the service loads them)::
 
-    embeddings.npy      (N, d) float32, L2-normalised; row i = line i of rows.jsonl.  Used for
-                        the binary scheme's re-rank, for exact search and by `update` to reuse
-                        unchanged embeddings instead of re-embedding the catalog
+    embeddings.npy      (N, d) float32 (or float16, ``vectors_dtype``), L2-normalised; row i =
+                        line i of rows.jsonl.  Memory-mapped by the service: used for the
+                        re-ranks, for exact search and by `update` to reuse unchanged
+                        embeddings instead of re-embedding the catalog
     float.faiss         float index from a FAISS factory string, inner product
-                        ("Flat" exact, "HNSW32", "IVF{nlist},Flat" with nlist chosen from N...)
+                        ("Flat" exact, "HNSW32", "IVF{nlist},Flat" with nlist chosen from N,
+                        or a compressed one such as "IVF{nlist}_HNSW32,PQ64x4fs" whose top
+                        ``float_rerank`` candidates are re-scored from embeddings.npy: the
+                        large-catalog family, where only the codes live in RAM)
     binary.faiss        optional IndexBinaryFlat / IndexBinaryHNSW / IndexBinaryIVF over codes
     binary_codec.npz    mean (d,) and projection (d, nbits): code = sign((x - mean) @ projection)
     index_spec.json     the :class:`IndexSpec` it was built with
-    rows.jsonl          row → catalog item (sku_id, image, box, title, tags, category), in row
+    rows.jsonl          row → catalog item (sku_id, image, box, title, tags, category, labels), in row
                         order (see :class:`RowMap`)
 
 The binary scheme follows "Visual Search at Alibaba": a (random or ITQ-learned) rotation and
@@ -23,8 +27,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +48,8 @@ from service.binary_index import (
     sample_rows,
     set_binary_params,
 )
+from service.index_families import family_for
+from service.label_filter import labels_of
 
 __all__ = [
     "BinaryCodec", "BinarySpec", "IndexSpec", "RowMap", "VectorIndex", "build_float_index",
@@ -57,6 +63,7 @@ BINARY_CODEC_FILE = "binary_codec.npz"
 SPEC_FILE = "index_spec.json"
 ROWS_FILE = "rows.jsonl"
 SearchMode = Literal["float", "binary", "exact"]
+CHUNK_ROWS = 500_000  # rows per block when adding, encoding, saving or exact-searching
 
 
 class IndexSpec(BaseModel):
@@ -65,14 +72,29 @@ class IndexSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     float_factory: str = Field(
-        "Flat", description="FAISS factory string (inner product); '{nlist}' = about 4*sqrt(N)"
+        "auto", description="FAISS factory string (inner product); '{nlist}' = about 4*sqrt(N); "
+        "'auto' = the measured default for the catalog size (service.index_families)"
     )
     hnsw_ef_search: int = Field(128, ge=1)
     ivf_nprobe: int = Field(16, ge=1)
+    float_rerank: int = Field(0, ge=0, description="re-score this many candidates of the float "
+                              "index with embeddings.npy (0: its own scores are final)")
+    vectors_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="embeddings.npy on disk: float16 halves it (re-rank precision "
+        "is unchanged at 3 decimals)")
     binary: BinarySpec = Field(default_factory=BinarySpec)
     default_search: Literal["float", "binary"] = "float"
     train_sample: int = Field(100_000, ge=1000, description="max vectors to train IVF / ITQ")
     seed: int = 1234
+
+
+def resolve_spec(spec: IndexSpec, n: int) -> IndexSpec:
+    """``float_factory='auto'`` → the measured family for ``n`` vectors; else ``spec``."""
+    if spec.float_factory != "auto":
+        return spec
+    fam = family_for(n)
+    binary = spec.binary.model_copy(update=fam.pop("binary", {}))
+    return spec.model_copy(update=fam | {"binary": binary})
 
 
 def resolve_factory(factory: str, n: int) -> str:
@@ -92,7 +114,9 @@ def _set_float_params(index: Any, spec: IndexSpec) -> None:
 def build_float_index(x: np.ndarray, spec: IndexSpec) -> Any:
     """A FAISS float index (inner product) from ``spec.float_factory``, trained and filled."""
     faiss = configure_faiss()
-    x = as_f32(x)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"expected a non-empty (N, d) matrix, got shape {x.shape}")
+    spec = resolve_spec(spec, len(x))
     factory = resolve_factory(spec.float_factory, len(x))
     try:
         index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
@@ -103,17 +127,36 @@ def build_float_index(x: np.ndarray, spec: IndexSpec) -> Any:
         if m and int(m.group(1)) > len(x):
             raise ValueError(f"{factory!r} needs at least {m.group(1)} vectors, got {len(x)}: "
                              "use fewer lists or 'IVF{nlist},Flat'")
-        index.train(sample_rows(x, spec.train_sample, spec.seed))
-    index.add(x)
+        index.train(as_f32(sample_rows(x, spec.train_sample, spec.seed)))
+    add_chunked(index, x)
     _set_float_params(index, spec)
     return index
 
 
+def row_chunks(x: np.ndarray, chunk: int | None = None) -> Iterator[np.ndarray]:
+    """``x`` (an array or a memory map, any float dtype) as float32 blocks of ``chunk`` rows
+    (default :data:`CHUNK_ROWS`): a 10M-row memory map never becomes one 10 GB array."""
+    chunk = chunk or CHUNK_ROWS
+    for start in range(0, len(x), chunk):
+        yield as_f32(x[start:start + chunk])
+
+
+def add_chunked(index: Any, x: np.ndarray) -> None:
+    for block in row_chunks(x):
+        index.add(block)
+
+
 def exact_search(x: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force inner-product top-k (the ground truth for recall)."""
+    """Brute-force inner-product top-k (the ground truth for recall), block by block."""
     faiss = configure_faiss()
-    xb = as_f32(x)
-    d, i = faiss.knn(as_f32(queries), xb, min(k, len(xb)), metric=faiss.METRIC_INNER_PRODUCT)
+    q = as_f32(queries)
+    if len(x) <= CHUNK_ROWS:
+        xb = as_f32(x)
+        d, i = faiss.knn(q, xb, min(k, len(xb)), metric=faiss.METRIC_INNER_PRODUCT)
+        return pad_topk(d, i, k)
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
+    d, i = knn_ground_truth(q, row_chunks(x), k, metric_type=faiss.METRIC_INNER_PRODUCT)
     return pad_topk(d, i, k)
 
 
@@ -144,12 +187,15 @@ class VectorIndex:
 
     @classmethod
     def build(cls, embeddings: np.ndarray, spec: IndexSpec) -> VectorIndex:
-        x = as_f32(embeddings)
+        """Build from (N, d) vectors: an array or a memory map (added block by block)."""
+        spec = resolve_spec(spec, len(embeddings))
+        x = embeddings if spec.vectors_dtype == "float16" else as_f32(embeddings)
         float_index = build_float_index(x, spec)
         binary_index = codec = None
         if spec.binary.kind != "none":
             codec = BinaryCodec.fit(x, spec.binary, spec.seed)
-            binary_index = build_binary_index(codec.encode(x), spec.binary, spec.seed)
+            binary_index = build_binary_index(
+                np.concatenate([codec.encode(b) for b in row_chunks(x)]), spec.binary, spec.seed)
         return cls(x, float_index, spec, binary_index, codec)
 
     def search(self, queries: np.ndarray, k: int,
@@ -170,6 +216,10 @@ class VectorIndex:
             r = max(k, self.spec.binary.rerank)
             _, cand = self.binary_index.search(self.codec.encode(q), min(r, self.ntotal))
             return rerank(self.embeddings, q, cand, k)
+        if self.spec.float_rerank:
+            r = max(k, self.spec.float_rerank)
+            _, cand = self.float_index.search(q, min(r, self.ntotal))
+            return rerank(self.embeddings, q, cand, k)
         scores, rows = self.float_index.search(q, min(k, self.ntotal))
         return pad_topk(scores, rows, k)
 
@@ -178,7 +228,9 @@ class VectorIndex:
         faiss = configure_faiss()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / EMBEDDINGS_FILE, np.asarray(self.embeddings, dtype=np.float32))
+        path = folder / EMBEDDINGS_FILE
+        if not _is_mapped_from(self.embeddings, path, self.spec.vectors_dtype):  # a 10M-row file is not copied onto itself
+            save_vectors(path, self.embeddings, self.spec.vectors_dtype)
         faiss.write_index(self.float_index, str(folder / FLOAT_INDEX_FILE))
         names = [EMBEDDINGS_FILE, FLOAT_INDEX_FILE, SPEC_FILE]
         (folder / SPEC_FILE).write_text(self.spec.model_dump_json(indent=2))
@@ -210,25 +262,48 @@ class VectorIndex:
 
 @dataclass
 class RowMap:
-    """Row → SKU: parallel lists, row i of the index is ``sku_ids[i]`` seen in ``images[i]``."""
+    """Row → SKU: parallel lists, row i of the index is ``sku_ids[i]`` seen in ``images[i]``;
+    ``labels[i]`` are its SKU's ``key=value`` labels, ``catalog[i]`` is False for a row made
+    from user feedback (a shopper's crop, never shown to other clients as a catalog image)."""
 
     sku_ids: list[str]
     images: list[str]
     categories: list[str]
+    labels: list[tuple[str, ...]] = field(default_factory=list)
+    catalog: list[bool] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.sku_ids)
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> RowMap:
-        sku_ids, images, categories = [], [], []
+        out = cls([], [], [])
         with open(path, encoding="utf-8") as fh:
             for line in fh:
                 obj = json.loads(line)
-                sku_ids.append(obj["sku_id"])
-                images.append(obj["image"])
-                categories.append(obj.get("category", ""))
-        return cls(sku_ids, images, categories)
+                out.sku_ids.append(obj["sku_id"])
+                out.images.append(obj["image"])
+                out.categories.append(obj.get("category", ""))
+                # versions built before labels were stored: the same rule, from the tags
+                labels = obj["labels"] if "labels" in obj else labels_of(obj.get("tags", []))
+                out.labels.append(tuple(sorted(labels)))
+                out.catalog.append(obj.get("source") != "feedback")
+        return out
+
+
+def _is_mapped_from(x: np.ndarray, path: Path, dtype: str) -> bool:
+    name = getattr(x, "filename", None)
+    return (isinstance(x, np.memmap) and name is not None and path.exists()
+            and os.path.samefile(name, path) and x.dtype == np.dtype(dtype))
+
+
+def save_vectors(path: str | os.PathLike[str], x: np.ndarray, dtype: str) -> None:
+    """``x`` as a .npy of ``dtype``, written block by block (``x`` may be a memory map)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(x.shape))
+    for start in range(0, len(x), CHUNK_ROWS):
+        out[start:start + CHUNK_ROWS] = x[start:start + CHUNK_ROWS]
+    out.flush()
+    del out
 
 
 def write_rows(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> int:

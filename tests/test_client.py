@@ -145,7 +145,7 @@ def test_cli_prints_a_table_or_json(base_url: str, index: dict,
     common = ["--url", base_url, "--api-key", API_KEY, "--top-k", "2"]
     assert cli_main([str(p0), str(p1), *common]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["PHOTO", "SKU", "TITLE", "SCORE", "BOX"]
+    assert lines[0].split() == ["PHOTO", "OBJ", "SKU", "TITLE", "SCORE", "BOX"]
     assert len(lines) == 3 and sku0 in lines[1]
     assert cli_main([str(p0), *common, "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)

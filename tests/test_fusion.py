@@ -132,3 +132,19 @@ def test_merge_with_empty_inputs_and_ties():
     assert [c.sku_id for c in only_idx] == ["X", "Y"]  # None/"" (FAISS padding) ignored
     with pytest.raises(ValueError):
         merge_with_neighbours(["A"], [0.5, 0.5], [], [])
+
+
+def test_constrained_topk_eligible_skus_only_without_renormalising():
+    logits = np.log(np.asarray([0.5, 0.3, 0.2]))
+    cats = np.asarray([0, 0, 1])
+    every = np.asarray([True, True])
+    idx, probs = constrained_topk(logits, cats, every, k=3)
+    only, p_only = constrained_topk(logits, cats, every, k=3,
+                                    eligible=np.asarray([False, True, True]))
+    assert idx.tolist() == [0, 1, 2] and only.tolist() == [1, 2]
+    # the filter removes SKUs, it does not make the ones left look more certain
+    np.testing.assert_allclose(p_only, probs[1:])
+    none, _ = constrained_topk(logits, cats, every, k=3, eligible=np.zeros(3, bool))
+    assert none.size == 0
+    with pytest.raises(ValueError, match="eligibility"):
+        constrained_topk(logits, cats, every, k=3, eligible=np.ones(2, bool))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from training.localizer.cli import main as train_localizer
+from training.multi_object_eval import main as objects_main
 from training.online_eval import main
 from training.online_report import NOTES_MARKER
 from training.online_report import main as render
@@ -46,3 +47,20 @@ def test_online_eval_reports_every_table(demo_catalog: Path, tiny_artifact: Path
     docs.write_text(text + "my note\n")
     assert render([str(tmp_path / "eval" / "report.json"), str(docs)]) == 0
     assert docs.read_text().endswith(NOTES_MARKER + "\nmy note\n")
+
+    # multi-object recall with the same models: every max_objects asked for, shares in [0, 100]
+    assert objects_main([
+        "--sicot", str(tiny_artifact), "--localizer", str(loc),
+        "--catalog", str(demo_catalog / "catalog" / "manifest.jsonl"),
+        "--queries", str(demo_catalog / "queries" / "manifest.jsonl"),
+        "--out", str(tmp_path / "objects"), "--limit", "6", "--max-objects", "1", "3",
+    ]) == 0
+    objects = json.loads((tmp_path / "objects" / "report.json").read_text())
+    assert objects["queries"] == 6 and objects["products"] >= 6
+    assert set(objects["max_objects"]) == {"1", "3"}
+    one, three = objects["max_objects"]["1"], objects["max_objects"]["3"]
+    assert one["objects_mean"] == 1.0 and 1.0 <= three["objects_mean"] <= 3.0
+    for row in (one, three):
+        assert 0 <= row["photos"] <= 100 and 0 <= row["products"] <= 100
+    assert three["photos"] >= one["photos"]  # more objects can only find more
+    assert "training.multi_object_eval" in objects["command"]

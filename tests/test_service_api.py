@@ -245,6 +245,20 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
     assert set(post["requestBody"]["content"]) == {"multipart/form-data", "image/*"}
     assert {"200", "400", "401", "403", "413", "415", "422", "429", "503"} <= set(post["responses"])
     assert "RecognizeResponse" in spec["components"]["schemas"]
+    # issue 12: the new options, fields and errors are documented with examples
+    params = {p["name"]: p for p in post["parameters"]}
+    assert params["max_objects"]["schema"]["maximum"] == 10
+    assert params["filter"]["schema"]["examples"]
+    example = post["responses"]["200"]["content"]["application/json"]["example"]
+    assert example["objects"][0]["candidates"][0]["matched_image"]["image"]
+    assert example["filter"]["expression"] and "fewer_than_top_k" in example
+    error = post["responses"]["422"]["content"]["application/json"]["example"]["error"]
+    assert error["code"] == "invalid_filter" and error["position"] == 16
+    schemas = spec["components"]["schemas"]
+    assert {"objects", "filter", "fewer_than_top_k"} <= set(schemas["RecognizeResponse"]["properties"])
+    assert {"matched_image", "labels", "source"} <= set(schemas["Candidate"]["properties"])
+    assert schemas["MatchedImage"]["properties"]["image"]["examples"]
+    assert "position" in schemas["ErrorDetail"]["properties"]
 
 
 def test_redis_down_gives_503_with_retry_after(

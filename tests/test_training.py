@@ -212,17 +212,20 @@ def test_sku_eval_scores_the_artifact_like_training(catalog: dict[str, Path], tm
     assert "t-mean: n=24" in capsys.readouterr().out
 
 
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "training.train", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.slow
 def test_torchrun_ddp_two_processes(catalog: dict[str, Path], tmp_path: Path) -> None:
     """Two gloo processes train one epoch on their shards; rank 0 alone writes the
     checkpoint, evaluates and exports."""
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training.train",
-           *tiny_args(catalog, out, "bilinear_attention", epochs=1, eval_every=0, num_threads=1,
-                      batch_size=4)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = _torchrun(tiny_args(catalog, out, "bilinear_attention", epochs=1, eval_every=0,
+                               num_threads=1, batch_size=4))
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(out)
     n_train = len(read_catalog(catalog["train"]).items) - 8  # 8 classes give a held-out image
@@ -231,3 +234,29 @@ def test_torchrun_ddp_two_processes(catalog: dict[str, Path], tmp_path: Path) ->
     rep = json.loads((out / "report.json").read_text())
     assert rep["onnx_max_abs_diff"] <= 1e-4 and Path(rep["artifact"]).is_dir()
     assert proc.stdout.count("sku-train t-bilinear_attention") == 1  # one summary: rank 0
+
+
+@pytest.mark.slow
+def test_torchrun_sharded_fc_gathers_exports_and_resumes_dense(
+        catalog: dict[str, Path], tmp_path: Path) -> None:
+    """``--sharded-fc``: two gloo processes hold half of W each (negatives sampled at 0.5);
+    rank 0 evaluates and exports the gathered dense model; the checkpoint is the dense
+    layout, so one process resumes it without sharding (K = 2 → 1) and exports again."""
+    out = tmp_path / "sharded"
+    proc = _torchrun(tiny_args(catalog, out, "bilinear_attention", epochs=1, num_threads=1,
+                               batch_size=4, sharded_fc="true", fc_sample_rate=0.5))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(out)
+    classes = len(ckpt["labels"]["sku_ids"])
+    assert ckpt["model_state"]["classifier.weight"].shape == (classes, 32)
+    momentum = [e["momentum_buffer"] for e in ckpt["optimizer_state"]["state"].values()]
+    assert any(m.shape == (classes, 32) for m in momentum)  # W's momentum, gathered too
+    rep = json.loads((out / "report.json").read_text())
+    # cosine logits reach γ = 16: 5e-4 is float32 rounding (~3e-5 relative)
+    assert rep["onnx_max_abs_diff"] <= 5e-4 and Path(rep["artifact"]).is_dir()
+    assert "heldout_top1" in rep["training"]["history"][0]  # evaluated on the gathered W
+    assert train.main(["--resume", str(out), "--epochs", "2", "--sharded-fc", "false",
+                       "--fc-sample-rate", "1", "--batch-size", "8"]) == 0
+    resumed = load_checkpoint(out)
+    assert resumed["step"] == 2 * ckpt["step"] and not resumed["train_config"]["sharded_fc"]
+    assert json.loads((out / "report.json").read_text())["onnx_max_abs_diff"] <= 5e-4

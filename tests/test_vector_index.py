@@ -139,3 +139,62 @@ def test_bad_inputs() -> None:
     with pytest.raises(ValueError):
         BinarySpec(nbits=12)
     assert auto_nlist(100) == 2 and auto_nlist(1_000_000) == 4000
+
+
+def test_compressed_family_reranks_from_memory_mapped_float16(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """IVF + HNSW quantizer over 4-bit PQ codes, top candidates re-scored from a float16
+    embeddings.npy that the loaded index memory-maps (the large-catalog family)."""
+    x, q, truth = data
+    spec = IndexSpec(float_factory="IVF32_HNSW16,PQ16x4fs", ivf_nprobe=8, float_rerank=100,
+                     vectors_dtype="float16", binary=BinarySpec(kind="none"))
+    built = VectorIndex.build(x, spec)
+    no_rerank = VectorIndex(built.embeddings, built.float_index,
+                            spec.model_copy(update={"float_rerank": 0}))
+    built.save(tmp_path)
+    stored = np.load(tmp_path / "embeddings.npy", mmap_mode="r")
+    assert stored.dtype == np.float16 and stored.shape == x.shape
+    loaded = VectorIndex.load(tmp_path)
+    assert isinstance(loaded.embeddings, np.memmap)
+    scores, rows = loaded.search(q, 10)
+    # re-ranked scores are the (float16-rounded) inner products of the returned rows
+    want = np.einsum("nkd,nd->nk", stored[rows].astype(np.float32), q)
+    np.testing.assert_allclose(scores, want, atol=1e-5)
+    reranked = recall_at_k(rows, truth, 10)
+    pq_only = recall_at_k(no_rerank.search(q, 10)[1], truth, 10)
+    assert reranked >= 0.9 and reranked > pq_only
+
+
+def test_build_from_a_memory_map_equals_build_from_memory(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    x, q, _ = data
+    np.save(tmp_path / "x.npy", x)
+    spec = IndexSpec(float_factory="IVF{nlist},Flat", ivf_nprobe=4)
+    a = VectorIndex.build(np.load(tmp_path / "x.npy", mmap_mode="r"), spec)
+    b = VectorIndex.build(x, spec)
+    for mode in ("float", "binary", "exact"):
+        np.testing.assert_array_equal(a.search(q, 10, mode=mode)[1],  # type: ignore[arg-type]
+                                      b.search(q, 10, mode=mode)[1])  # type: ignore[arg-type]
+
+
+def test_exact_search_in_blocks_equals_one_block(data, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import service.vector_index as vi
+
+    x, q, truth = data
+    monkeypatch.setattr(vi, "CHUNK_ROWS", 700)  # 4000 rows → 6 blocks merged
+    scores, rows = vi.exact_search(x, q, 10)
+    np.testing.assert_array_equal(rows, truth)
+    np.testing.assert_allclose(scores, np.sort(q @ x.T, axis=1)[:, ::-1][:, :10], atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1000, 300_000, 5_000_000])
+def test_auto_family_follows_the_measured_thresholds(n: int) -> None:
+    from service.index_families import EXACT_MAX_ROWS, MEMORY_MAX_ROWS, family_for
+    from service.vector_index import resolve_spec
+
+    spec = resolve_spec(IndexSpec(float_factory="auto"), n)
+    fam = family_for(n)
+    assert spec.float_factory == fam["float_factory"]
+    if n <= EXACT_MAX_ROWS:
+        assert spec.float_factory == "Flat" and spec.binary.kind == "flat"
+    else:
+        assert spec.float_rerank > 0 and spec.binary.kind == "none"
+        assert spec.vectors_dtype == ("float16" if n > MEMORY_MAX_ROWS else "float32")

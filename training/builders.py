@@ -37,6 +37,7 @@ from training.data import (
 )
 from training.distributed import DistInfo, broadcast_object
 from training.models import SICoTConfig, SICoTModel, Vocab, tokenize, train_word2vec
+from training.models.sharded_head import Shard, ShardedClassifier
 from training.settings import TrainConfig, split_source
 
 log = logging.getLogger(__name__)
@@ -150,9 +151,17 @@ def model_config(cfg: TrainConfig, labels: LabelMap, text: TextData | None) -> S
     )
 
 
-def build_model(cfg: TrainConfig, labels: LabelMap, text: TextData | None) -> SICoTModel:
-    model = SICoTModel(model_config(cfg, labels, text),
-                       word_vectors=text.vectors if text is not None else None)
+def build_model(cfg: TrainConfig, labels: LabelMap, text: TextData | None,
+                info: DistInfo | None = None) -> SICoTModel:
+    """The SICoT model; with ``cfg.sharded_fc`` it holds this rank's rows of W only."""
+    mcfg = model_config(cfg, labels, text)
+    classifier = None
+    if cfg.sharded_fc:
+        info = info or DistInfo()
+        classifier = ShardedClassifier(mcfg.embed_dim, Shard(mcfg.num_classes, info.rank,
+                                       info.world_size), mcfg.head, mcfg.cosine_scale, cfg.seed)
+    model = SICoTModel(mcfg, word_vectors=text.vectors if text is not None else None,
+                       classifier=classifier)
     if cfg.mix_style_p > 0:
         if 0 <= cfg.freeze_blocks < len(model.backbone._block_list()):
             install_mix_style(model, cfg.mix_style_p)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -79,10 +80,14 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def wrap_model(model: nn.Module, info: DistInfo, device: torch.device,
-               find_unused: bool = False) -> nn.Module:
-    """DDP-wrap for several processes (parameters and buffers are broadcast from rank 0)."""
+               find_unused: bool = False, ignore: Sequence[str] = ()) -> nn.Module:
+    """DDP-wrap for several processes (parameters and buffers are broadcast from rank 0).
+    ``ignore``: parameter names DDP neither broadcasts nor averages (a sharded classifier's
+    rows, different on every rank)."""
     if not info.enabled:
         return model
+    if ignore:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(ignore))
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
 

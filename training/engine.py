@@ -17,9 +17,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.augment import BatchAugment, batch_seed
-from training.distributed import DistInfo, all_reduce_mean
+from training.distributed import DistInfo, all_reduce_mean, unwrap
 from training.losses import sicot_loss
+from training.models.sharded_head import sharded_classifier
 from training.settings import TrainConfig
+from training.sharded_fc import clip_grad_norm, sharded_sicot_loss
+
+# (model output, batch, global step) → (loss, its parts as floats)
+LossFn = Callable[[dict[str, Any], dict[str, Any], int], tuple[torch.Tensor, dict[str, float]]]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,26 @@ log = logging.getLogger(__name__)
 def logit_margin(cfg: TrainConfig) -> float:
     """The cosine head's additive margin in logit units (γ·m); 0 for a linear head."""
     return cfg.cosine_margin * cfg.cosine_scale if cfg.head == "cosine" else 0.0
+
+
+def make_loss_fn(cfg: TrainConfig, model: nn.Module, log_prior: torch.Tensor | None) -> LossFn:
+    """The SICoT loss of ``cfg``: dense, or over the model's sharded classifier (whose rows of
+    the log prior it keeps)."""
+    kw = {"lam": cfg.lam, "tau": cfg.tau, "cat_weight": cfg.cat_weight,
+          "margin": logit_margin(cfg)}
+    fc = sharded_classifier(unwrap(model))
+    if fc is None:
+        def dense(out: dict[str, Any], batch: dict[str, Any], step: int
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+            return sicot_loss(out, batch["label"], batch["category"], log_prior=log_prior, **kw)
+        return dense
+    prior = log_prior[fc.shard.start:fc.shard.stop].clone() if log_prior is not None else None
+
+    def sharded(out: dict[str, Any], batch: dict[str, Any], step: int
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        return sharded_sicot_loss(out, batch["label"], batch["category"], fc, log_prior=prior,
+                                  sample_rate=cfg.fc_sample_rate, step=step, **kw)
+    return sharded
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -105,7 +130,7 @@ def train_one_epoch(
     model: nn.Module, loader: DataLoader[dict[str, Any]], optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, augment: BatchAugment, *,
     cfg: TrainConfig, info: DistInfo, device: torch.device, epoch: int, first_step: int,
-    step_in_epoch: int, log_prior: torch.Tensor | None,
+    step_in_epoch: int, loss_fn: LossFn,
     on_step: Callable[[int], bool] | None = None,
 ) -> EpochResult:
     """One (possibly resumed) epoch.  ``on_step(global_step)`` runs after each optimiser step
@@ -120,13 +145,11 @@ def train_one_epoch(
         batch["image"] = augment(batch["image"],
                                  batch_seed(cfg.seed, epoch, step_in_epoch + i, info.rank))
         out = forward(model, batch)
-        loss, parts = sicot_loss(out, batch["label"], batch["category"], lam=cfg.lam,
-                                 tau=cfg.tau, log_prior=log_prior, cat_weight=cfg.cat_weight,
-                                 margin=logit_margin(cfg))
+        loss, parts = loss_fn(out, batch, first_step + i)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            clip_grad_norm(model, cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         res.steps += 1

@@ -98,14 +98,24 @@ def sicot_loss(
     if mixed_logits is not None and lam != 0.0:
         per = logit_adjusted_ce(with_margin(mixed_logits, y, margin), y, log_prior, tau,
                                 label_smoothing=label_smoothing, reduction="none")
-        has_text = out.get("has_text")
-        if has_text is not None:
-            w = has_text.to(per.dtype)
-            mixed = (per * w).sum() / w.sum().clamp_min(1.0)
-        else:
-            mixed = per.mean()
+        mixed = text_weighted_mean(per, out.get("has_text"))
         total = total + lam * mixed
         parts["mixed"] = float(mixed.detach())
+    return add_category_term(total, parts, out, y_cat, cat_weight)
+
+
+def text_weighted_mean(per: torch.Tensor, has_text: torch.Tensor | None) -> torch.Tensor:
+    """Mean of the per-sample mixed term over the samples with a title (all without a mask)."""
+    if has_text is None:
+        return per.mean()
+    w = has_text.to(per.dtype)
+    return (per * w).sum() / w.sum().clamp_min(1.0)
+
+
+def add_category_term(total: torch.Tensor, parts: dict[str, float], out: dict[str, Any],
+                      y_cat: torch.Tensor | None, cat_weight: float
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
+    """``total`` + cat_weight·CE(category head) (labels -1 ignored), and ``parts["total"]``."""
     if y_cat is not None and cat_weight != 0.0:
         cat = F.cross_entropy(out["category_logits"], y_cat, ignore_index=-1)
         if torch.isfinite(cat):  # NaN when every y_cat is -1

@@ -36,7 +36,8 @@ from service.fusion import fuse, search_vote, softmax
 from service.imageio import decode_image, read_image_bytes
 from service.localize import PREDICTED_BOX_MARGIN, LocalizerConfig, expand_box, localize_image
 from service.preprocess import preprocess
-from service.recognizer import IndexSnapshot, OnlineConfig, Recognizer
+from service.recognition import IndexSnapshot, OnlineConfig
+from service.recognizer import Recognizer
 from service.vector_index import IndexSpec, VectorIndex
 from training.data import load_items
 from training.localizer.evaluate import score_image, summarize, true_boxes
@@ -229,16 +230,24 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sku-eval-online", description=__doc__.split("\n\n")[0],
+def query_eval_parser(prog: str, doc: str, *, localizer_required: bool
+                      ) -> argparse.ArgumentParser:
+    """The arguments every evaluation on query photos takes."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sicot", required=True, help="SICoT artifact folder")
-    p.add_argument("--localizer", default=None, help="localizer artifact folder")
+    p.add_argument("--localizer", required=localizer_required, default=None,
+                   help="localizer artifact folder")
     p.add_argument("--catalog", required=True, help="catalog manifest to index")
     p.add_argument("--queries", required=True, help="query manifest with true boxes")
     p.add_argument("--out", required=True, help="folder for report.json")
-    p.add_argument("--docs", default=None, help="also write this markdown file")
     p.add_argument("--limit", type=int, default=None, help="first N queries only")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = query_eval_parser("sku-eval-online", __doc__, localizer_required=False)
+    p.add_argument("--docs", default=None, help="also write this markdown file")
     p.add_argument("--margin", type=float, default=PREDICTED_BOX_MARGIN,
                    help="crop margin around the predicted box")
     p.add_argument("--search-k", type=int, default=30, help="neighbours of the search vote")
@@ -249,15 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def save_report(report: dict[str, Any], module: str, argv: Sequence[str] | None,
+                out: Path) -> None:
+    """``<out>/report.json``, with the command that reproduces it."""
+    report["command"] = f".venv/bin/python -m {module} " + " ".join(
+        list(sys.argv[1:] if argv is None else argv))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     report = evaluate(args)
-    report["command"] = ".venv/bin/python -m training.online_eval " + " ".join(
-        list(sys.argv[1:] if argv is None else argv))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    save_report(report, "training.online_eval", argv, Path(args.out))
     if args.docs:
         write_markdown(report, Path(args.docs))
     sys.stdout.write(json.dumps({k: report[k] for k in ("sku", "category", "localization",

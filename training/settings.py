@@ -149,6 +149,13 @@ class TrainConfig(BaseSettings):
     export_from: Literal["last", "best"] = Field("last", description="which weights to export")
     ddp_backend: Literal["gloo", "nccl"] = "gloo"
     ddp_find_unused: bool = False
+    sharded_fc: bool = Field(
+        False, description="split the SKU classifier's rows over the torchrun processes "
+        "(Partial-FC): W, its gradient and optimizer state take C/K rows per process; the "
+        "softmax is exact across them; checkpoints and the artifact stay the dense model's")
+    fc_sample_rate: float = Field(
+        1.0, gt=0, le=1, description="with sharded_fc: share of each shard's negative classes "
+        "kept per step (positives always; 1 = exact softmax)")
 
     @field_validator("text_encoder", mode="before")
     @classmethod
@@ -184,6 +191,8 @@ class TrainConfig(BaseSettings):
             raise ValueError("heldout_per_class must be < heldout_min_images")
         if self.head_threshold > self.many_threshold:
             raise ValueError("head_threshold must be <= many_threshold")
+        if self.fc_sample_rate < 1 and not self.sharded_fc:
+            raise ValueError("fc_sample_rate < 1 needs sharded_fc")
         return self
 
     @property

@@ -6,6 +6,8 @@ One command does the whole run::
     sku-train --config run.yaml --text-encoder none   # the baseline: same seed, data, schedule
     sku-train --resume runs/x                         # continue runs/x/checkpoint.pt exactly
     torchrun --nproc_per_node 2 -m training.train --config run.yaml   # DDP (gloo on CPU)
+    torchrun --nproc_per_node 4 -m training.train --config run.yaml --sharded-fc true
+                                                      # W split over the 4 processes
 
 Outputs in ``output_dir``: ``config.json`` (resolved config), ``train.log``, ``log.jsonl`` (one
 line per epoch), ``checkpoint.pt`` (latest) and ``best.pt`` (best held-out top-1),
@@ -30,11 +32,17 @@ from typing import Any
 import torch
 
 from service.settings import SettingsError
-from training import builders, checkpoint, finish
+from training import builders, checkpoint, finish, sharded_state
 from training.augment import BatchAugment
 from training.data import ImageSource, eval_loader, steps_per_epoch, train_loader, train_sampler
 from training.distributed import DistInfo, barrier, cleanup, init_distributed, unwrap, wrap_model
-from training.engine import build_optimizer, build_scheduler, predict, train_one_epoch
+from training.engine import (
+    build_optimizer,
+    build_scheduler,
+    make_loss_fn,
+    predict,
+    train_one_epoch,
+)
 from training.evaluate import accuracy_summary, json_safe
 from training.losses import log_prior_from_counts
 from training.settings import (
@@ -106,11 +114,16 @@ def setup_process(cfg: TrainConfig, info: DistInfo, level: str) -> torch.device:
 
 
 def make_checkpoint(model: Any, opt: Any, sched: Any, cfg: TrainConfig, text: Any,
-                    state: RunState, spe: int, extra: dict[str, Any]) -> dict[str, Any]:
+                    state: RunState, spe: int, extra: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint payload; a collective with a sharded classifier (gathered to rank 0,
+    None on the other ranks)."""
+    model_state, opt_state = sharded_state.gathered_state(model, opt)
+    if model_state is None:
+        return None
     return {
-        "model_config": model.cfg.model_dump(mode="json"), "model_state": model.state_dict(),
+        "model_config": model.cfg.model_dump(mode="json"), "model_state": model_state,
         "vocab": text.vocab.to_dict() if text is not None else None,
-        "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(),
+        "optimizer_state": opt_state, "scheduler_state": sched.state_dict(),
         "epoch": state.step // spe, "step": state.step, "steps_per_epoch": spe,
         "rng_state": checkpoint.get_rng_state(), "train_config": cfg.to_json_dict(),
         "history": state.history, "best": state.best, **extra,
@@ -121,7 +134,7 @@ def run(cfg: TrainConfig, info: DistInfo, ckpt: dict[str, Any] | None, device: t
     torch.manual_seed(cfg.seed)
     splits = builders.prepare_splits(cfg)
     text = builders.prepare_text(cfg, splits.train, info, ckpt["vocab"] if ckpt else None)
-    model = builders.build_model(cfg, splits.labels, text)
+    model = builders.build_model(cfg, splits.labels, text, info)
     pcfg = builders.preprocess_config(cfg, model)
     source = ImageSource(cache=cfg.cache)
     source.preload(splits.train + splits.heldout + splits.queries)
@@ -139,24 +152,25 @@ def run(cfg: TrainConfig, info: DistInfo, ckpt: dict[str, Any] | None, device: t
         if ckpt.get("steps_per_epoch") != spe:
             raise ValueError(f"checkpoint has {ckpt.get('steps_per_epoch')} steps per epoch, "
                              f"this run {spe}: data, batch size or process count changed")
-        model.load_state_dict(ckpt["model_state"])
-        opt.load_state_dict(ckpt["optimizer_state"])
+        sharded_state.load_state(model, opt, ckpt["model_state"], ckpt["optimizer_state"])
         sched.load_state_dict(ckpt["scheduler_state"])
         state = RunState(ckpt["step"], ckpt.get("best", -math.inf), list(ckpt.get("history", [])))
         checkpoint.set_rng_state(ckpt["rng_state"])
         log.info("resumed at step %d (epoch %d)", state.step, state.step // spe + 1)
     extra = {"labels": splits.labels.model_dump(), "preprocess": pcfg.model_dump(mode="json")}
-    ddp = wrap_model(model, info, device, cfg.ddp_find_unused)
+    ddp = wrap_model(model, info, device, cfg.ddp_find_unused, sharded_state.ddp_ignored(model))
     augment = BatchAugment(pcfg.mean, pcfg.std, strength=cfg.augment_strength,
                            style=cfg.style_strength, erasing_p=cfg.erasing_p).to(device)
     prior = torch.from_numpy(
         log_prior_from_counts(builders.epoch_class_counts(cfg, splits))).to(device)
     out, total = cfg.output_dir, spe * cfg.epochs
 
-    def save(name: str = checkpoint.CHECKPOINT_FILE) -> None:
-        if info.is_main:
-            checkpoint.save_checkpoint(
-                make_checkpoint(model, opt, sched, cfg, text, state, spe, extra), out / name)
+    loss_fn = make_loss_fn(cfg, model, prior if cfg.tau else None)
+
+    def save(name: str = checkpoint.CHECKPOINT_FILE) -> None:  # called on every rank
+        payload = make_checkpoint(model, opt, sched, cfg, text, state, spe, extra)
+        if payload is not None and info.is_main:
+            checkpoint.save_checkpoint(payload, out / name)
 
     def on_step(step: int) -> bool:
         state.step = step
@@ -171,14 +185,16 @@ def run(cfg: TrainConfig, info: DistInfo, ckpt: dict[str, Any] | None, device: t
                               skip_batches=skip, workers=cfg.workers, seed=cfg.seed)
         res = train_one_epoch(ddp, loader, opt, sched, augment, cfg=cfg, info=info, device=device,
                               epoch=epoch, first_step=state.step, step_in_epoch=skip,
-                              log_prior=prior if cfg.tau else None, on_step=on_step)
+                              loss_fn=loss_fn, on_step=on_step)
         if state.step % spe == 0:  # a finished epoch: log, evaluate, checkpoint
             record = {"epoch": epoch + 1, "step": state.step, "lr": sched.get_last_lr()[0],
                       "images_per_s": res.images * info.world_size / max(res.seconds, 1e-9),
                       **res.means()}
             due = cfg.eval_every and (epoch + 1) % cfg.eval_every == 0
-            if info.is_main and due and "heldout" in evals:
-                record.update(heldout_metrics(model, evals["heldout"], cfg, splits, device))
+            if due and splits.heldout:  # every rank: a sharded W is gathered to rank 0
+                dense = sharded_state.dense_model_on_rank0(model)
+                if dense is not None and "heldout" in evals:
+                    record.update(heldout_metrics(dense, evals["heldout"], cfg, splits, device))
             state.history.append(record)
             log.info("epoch %s", json.dumps(record))
             if info.is_main:
@@ -194,10 +210,10 @@ def run(cfg: TrainConfig, info: DistInfo, ckpt: dict[str, Any] | None, device: t
         if res.stopped and state.step < total:
             log.info("stopped after %d steps (stop_after_steps); resume with --resume", state.step)
             return 0
-    if info.is_main:
-        payload = make_checkpoint(model, opt, sched, cfg, text, state, spe, extra)
-        finish.finish_run(cfg, model, payload, splits, evals, pcfg, device,
-                          train_seconds=time.perf_counter() - t_start)
+    payload = make_checkpoint(model, opt, sched, cfg, text, state, spe, extra)
+    if payload is not None and info.is_main:
+        finish.finish_run(cfg, sharded_state.dense_model(model, payload["model_state"]), payload,
+                          splits, evals, pcfg, device, train_seconds=time.perf_counter() - t_start)
     barrier(info)
     return 0
 

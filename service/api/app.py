@@ -79,6 +79,7 @@ def openapi_schema(app: FastAPI, settings: ServiceSettings) -> dict[str, Any]:
                   "default": s.default_top_k},
         "min_score": {"type": "number", "minimum": 0.0, "maximum": 1.0,
                       "default": s.default_min_score},
+        "max_objects": {"type": "integer", "minimum": 1, "maximum": s.max_objects, "default": 1},
     }
     for param in post.get("parameters", []):
         if param["name"] in ranges:

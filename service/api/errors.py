@@ -1,6 +1,7 @@
 """The one place that maps failures to HTTP status codes and typed JSON bodies.
 
-Every error leaves as ``{"error": {"code", "message", "request_id"}}``; an unexpected exception
+Every error leaves as ``{"error": {"code", "message", "request_id"}}`` (plus ``position`` for
+an invalid filter); an unexpected exception
 is logged with its traceback and answered with a generic 500 body, never the traceback.
 """
 
@@ -24,13 +25,15 @@ class ApiError(Exception):
     """An error with its status code, machine-readable code and optional headers."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+        **detail: Any,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.detail = detail  # more fields of the error body (schemas.ErrorDetail)
 
 
 class Unavailable(ApiError):
@@ -71,17 +74,20 @@ CLIENT_CLOSED = 499  # nginx's "client closed request": the client left, nobody 
 
 
 def error_response(
-    request: Request | None, status: int, code: str, message: str, headers: dict[str, str] | None
+    request: Request | None, status: int, code: str, message: str,
+    headers: dict[str, str] | None, **detail: Any,
 ) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None) if request is not None else None
-    body: dict[str, Any] = {"error": {"code": code, "message": message, "request_id": request_id}}
+    body: dict[str, Any] = {"error": {"code": code, "message": message, "request_id": request_id,
+                                      **detail}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(request, exc.status, exc.code, exc.message, exc.headers)
+        return error_response(request, exc.status, exc.code, exc.message, exc.headers,
+                              **exc.detail)
 
     for exc_type, status in IMAGE_ERRORS.items():
 

@@ -45,7 +45,13 @@ class Metrics:
         )
         self.versions = Info("sku_loaded", "loaded model and index versions", registry=r)
         self.index_reloads = Counter(
-            "sku_index_reloads", "index versions loaded", ["result"], registry=r
+            "sku_index_reloads", "index polls by result: loaded, unchanged, failed (the "
+            "published version could not be loaded; the previous one is served)", ["result"],
+            registry=r,
+        )
+        self.index_behind = Gauge(
+            "sku_index_behind", "1 while the served index version is not the published one",
+            registry=r,
         )
         self.retained = Counter(
             "sku_queries_retained", "query retention outcomes", ["result"], registry=r

@@ -10,7 +10,7 @@ from PIL import Image
 from service.api.schemas import RecognizeResponse
 from service.api.state import ServiceState
 from service.feedback import ANONYMOUS, REQUEST_ID_RE, FeedbackLog, encode_jpeg, key_id
-from service.recognizer import Recognition
+from service.recognition import Recognition
 
 log = logging.getLogger(__name__)
 

@@ -19,21 +19,19 @@ from starlette.datastructures import UploadFile
 
 from service.api.auth import take_token
 from service.api.errors import ApiError, IndexUnavailable, Overloaded, Unavailable
+from service.api.responses import build_response, scaled
 from service.api.retention import owner_of, retain
 from service.api.schemas import (
-    BoxUsed,
-    Candidate,
-    CategoryPrediction,
-    CategoryScore,
     ErrorResponse,
     HealthResponse,
-    ImageSize,
     ReadyResponse,
     RecognizeResponse,
 )
 from service.api.state import REDIS_DOWN, ServiceState
 from service.imageio import ImageError, decode_image, full_size
-from service.recognizer import Recognition, RecognizeOptions, UnknownCategory, clip_roi
+from service.label_filter import FilterError, parse_filter
+from service.recognition import RecognizeOptions, UnknownCategory
+from service.recognizer import clip_roi
 from service.redis_server import is_redis_error
 from service.store import VersionGone
 
@@ -138,63 +136,54 @@ async def read_upload(request: Request) -> tuple[bytes, dict[str, str]]:
                    "send the photo as multipart/form-data (field 'image') or as an image/* body")
 
 
-def _candidate(c: Any) -> Candidate:
-    meta = c.metadata
-    return Candidate(
-        sku_id=c.sku_id, score=round(c.score, 6), source=c.source,
-        title=meta.get("title", ""), tags=list(meta.get("tags") or []),
-        category=meta.get("category", ""), image=meta.get("image", ""),
-        thumbnail_url=f"/skus/{c.sku_id}/thumbnail" if meta.get("thumb") else None,
-    )
-
-
-def _category(r: Recognition) -> CategoryPrediction | None:
-    if not r.category_names:
-        return None
-    order = sorted(range(len(r.category_names)), key=lambda i: -r.category_fused[i])
-    top = [CategoryScore(name=r.category_names[i], model=round(float(r.category_model[i]), 6),
-                         search=round(float(r.category_vote[i]), 6),
-                         fused=round(float(r.category_fused[i]), 6)) for i in order[:5]]
-    return CategoryPrediction(**top[0].model_dump(), top=top, constrained_to=r.constrained_to)
-
-
-def build_response(state: ServiceState, request_id: str, r: Recognition,
-                   snap: Any, decode_ms: float,
-                   scale: tuple[float, float] = (1.0, 1.0)) -> RecognizeResponse:
-    """``scale``: decoded pixels per pixel of the photo sent; the answer is in the latter."""
-    sx, sy = scale
-    w, h = r.image_size
-    x0, y0, x1, y1 = r.box
-    nx0, ny0, nx1, ny1 = x0 / w, y0 / h, x1 / w, y1 / h
-    w, h = round(w / sx), round(h / sy)
-    x0, y0, x1, y1 = (round(v, 3) for v in _scaled(r.box, (1 / sx, 1 / sy)))
-    rec = state.recognizer
-    timings = {"decode": round(decode_ms, 3), **{k: round(v, 3) for k, v in r.timings_ms.items()}}
-    timings["total"] = round(timings["total"] + decode_ms, 3)
-    candidates = [_candidate(c) for c in r.candidates]
-    return RecognizeResponse(
-        request_id=request_id,
-        status="recognized" if r.best is not None else "no_match",
-        sku=_candidate(r.best) if r.best is not None else None,
-        candidates=candidates, category=_category(r),
-        box=BoxUsed(pixels=(x0, y0, x1, y1), normalized=(nx0, ny0, nx1, ny1),
-                    source=r.box_source, score=r.box_score),  # type: ignore[arg-type]
-        image_size=ImageSize(width=w, height=h),
-        model_version=rec.sicot.config.model_version if rec else "",
-        localizer_version=rec.localizer.config.model_version if rec and rec.localizer else None,
-        index_version=snap.version, index_built_at=snap.built_at, timings_ms=timings,
-    )
-
-
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc} for code, desc in {
         400: "undecodable image, or no 'image' field", 401: "missing API key",
         403: "wrong API key", 413: "body or pixel count over the limits",
-        415: "not an image, or an unsupported format", 422: "invalid options",
+        415: "not an image, or an unsupported format",
+        422: "invalid options, unknown_category, or invalid_filter (with the position)",
         429: "the work queue is full; retry shortly",
         503: "models, index or Redis unavailable; see Retry-After",
     }.items()
 }
+_CANDIDATE_EXAMPLE = {
+    "sku_id": "FLORA-400", "score": 0.87, "source": "both", "title": "Flora Original 400 ml",
+    "tags": ["brand=Flora", "size=400ml", "vegan"],
+    "labels": ["brand=Flora", "size=400ml", "tag=vegan"], "category": "Spreads",
+    "image": "gs://catalog/flora-400-front.jpg", "thumbnail_url": "/skus/FLORA-400/thumbnail",
+    "matched_image": {"row": 412, "image": "gs://catalog/flora-400-side.jpg",
+                      "similarity": 0.83},
+}
+_CATEGORY_EXAMPLE = {"name": "Spreads", "model": 0.71, "search": 0.9, "fused": 0.84,
+                     "top": [{"name": "Spreads", "model": 0.71, "search": 0.9, "fused": 0.84}],
+                     "constrained_to": ["Spreads"]}
+_BOX_EXAMPLE = {"pixels": [112.0, 40.0, 260.0, 301.0], "normalized": [0.175, 0.083, 0.406, 0.627],
+                "source": "localizer", "score": 0.91}
+RESPONSE_EXAMPLE = {
+    "request_id": "7f9c2a6e1b3d4c5f", "status": "recognized", "sku": _CANDIDATE_EXAMPLE,
+    "candidates": [_CANDIDATE_EXAMPLE], "category": _CATEGORY_EXAMPLE, "box": _BOX_EXAMPLE,
+    "objects": [
+        {"box": _BOX_EXAMPLE, "score": 0.91, "category": _CATEGORY_EXAMPLE,
+         "sku": _CANDIDATE_EXAMPLE, "candidates": [_CANDIDATE_EXAMPLE],
+         "fewer_than_top_k": True},
+        {"box": {"pixels": [300.0, 60.0, 420.0, 290.0], "normalized": [0.469, 0.125, 0.656, 0.604],
+                 "source": "localizer", "score": 0.64},
+         "score": 0.64, "category": None, "sku": None, "candidates": [],
+         "fewer_than_top_k": True},
+    ],
+    "fewer_than_top_k": True,
+    "filter": {"expression": "brand=Flora AND size=400ml", "skus_passing": 3, "search_k": 640},
+    "image_size": {"width": 640, "height": 480}, "model_version": "sicot-lite0-3f2a",
+    "localizer_version": "localizer-9b1c", "index_version": "20240601T020000Z-1a2b3c4d",
+    "index_built_at": "2024-06-01T02:00:00Z",
+    "timings_ms": {"decode": 1.2, "localize": 3.3, "recognize": 6.0, "search": 0.2, "fuse": 0.6,
+                   "metadata": 0.8, "total": 12.1},
+    "retained": False,
+}
+ERRORS[200] = {"content": {"application/json": {"example": RESPONSE_EXAMPLE}}}
+ERRORS[422]["content"] = {"application/json": {"example": {"error": {
+    "code": "invalid_filter", "request_id": "7f9c2a6e1b3d4c5f", "position": 16,
+    "message": "filter: expected key=value or '(', got 'AND' at position 16"}}}}
 BODY_DOC = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "string", "format": "binary"}}}},
@@ -213,11 +202,26 @@ async def recognize(
     category: Annotated[str | None, Query(max_length=200, description="restrict to it")] = None,
     roi: Annotated[str | None, Query(description="known product box 'x0,y0,x1,y1' px")] = None,
     min_score: Annotated[float | None, Query(description="no_match below it")] = None,
+    max_objects: Annotated[int | None, Query(
+        description="recognise up to this many detected products (main one first)")] = None,
+    filter_: Annotated[str | None, Query(
+        alias="filter", description="label filter: key=value terms joined by AND / OR, "
+        "parentheses allowed", examples=["brand=Flora AND (size=400ml OR size=250ml)"])] = None,
 ) -> RecognizeResponse:
-    """Recognise the product in a photo: the best SKU with its catalog metadata, the top-k
-    candidates, the predicted category, the box used and the time of each stage.
+    """Recognise the products in a photo: for the main one (and, with ``max_objects`` > 1,
+    every other detected product, main first in ``objects``) the best SKU with its catalog
+    metadata, the top-k candidates with their nearest catalog image, the predicted category,
+    the box used, and the time of each stage (all objects are recognised in one batch).
     When no candidate reaches ``min_score`` the status is ``no_match`` (not an error).
-    Options come as query parameters or as form fields next to ``image`` (same rules)."""
+
+    ``filter`` keeps only SKUs whose labels match (Google Product Search's grammar,
+    ``brand=Flora AND (size=400ml OR size=250ml)``; a catalog tag without ``=`` is the label
+    ``tag=<value>``); a filter outside the grammar is 422 ``invalid_filter`` with the
+    ``position`` of the problem.  ``fewer_than_top_k`` says when fewer candidates passed.
+
+    To refine one object, send its ``objects[i].box.pixels`` back as ``roi`` (with the same
+    photo): that exact crop is recognised again, with any other ``top_k``, ``category`` or
+    ``filter``.  Options come as query parameters or as form fields next to ``image``."""
     s = state.settings
     ready_snapshot(state)  # fail fast, before reading a body that cannot be answered
     # the body is read before taking a compute slot: a slow upload holds only its connection
@@ -229,6 +233,8 @@ async def recognize(
         category if category is not None else fields.get("category"),
         parse_roi(roi if roi is not None else fields.get("roi")),
         min_score if min_score is not None else _num(fields, "min_score", float),
+        max_objects if max_objects is not None else _num(fields, "max_objects", int),
+        filter_ if filter_ is not None else fields.get("filter"),
     )
     async with admitted(state):
         snap = ready_snapshot(state)
@@ -285,7 +291,8 @@ def _num(fields: dict[str, str], name: str, cast: Any) -> Any:
 
 
 def _options(s: Any, top_k: int | None, category: str | None, roi: Any,
-             min_score: float | None) -> RecognizeOptions:
+             min_score: float | None, max_objects: int | None = None,
+             filter_text: str | None = None) -> RecognizeOptions:
     """The one validation of the options, whichever way they came."""
     top_k = s.default_top_k if top_k is None else top_k
     if not 1 <= top_k <= s.max_top_k:
@@ -293,7 +300,16 @@ def _options(s: Any, top_k: int | None, category: str | None, roi: Any,
     min_score = s.default_min_score if min_score is None else min_score
     if not 0.0 <= min_score <= 1.0:
         raise ApiError(422, "invalid_options", "min_score must be in [0, 1]")
-    return RecognizeOptions(top_k=top_k, category=category or None, roi=roi, min_score=min_score)
+    max_objects = 1 if max_objects is None else max_objects
+    if not 1 <= max_objects <= s.max_objects:
+        raise ApiError(422, "invalid_options", f"max_objects must be in [1, {s.max_objects}]")
+    try:
+        node = parse_filter(filter_text) if filter_text else None
+    except FilterError as exc:
+        raise ApiError(422, "invalid_filter", str(exc), position=exc.position) from None
+    return RecognizeOptions(top_k=top_k, category=category or None, roi=roi, min_score=min_score,
+                            max_objects=max_objects, filter=node,
+                            filter_text=filter_text if node is not None else None)
 
 
 def _run(state: ServiceState, request_id: str, data: bytes, opts: RecognizeOptions,
@@ -307,20 +323,16 @@ def _run(state: ServiceState, request_id: str, data: bytes, opts: RecognizeOptio
     fw, fh = full_size(img)
     scale = (img.width / fw, img.height / fh)
     if opts.roi is not None:  # checked against the photo as sent, then scaled
-        opts = dataclasses.replace(opts, roi=_scaled(clip_roi(opts.roi, (fw, fh)), scale))
+        opts = dataclasses.replace(opts, roi=scaled(clip_roi(opts.roi, (fw, fh)), scale))
     r = state.recognizer.recognize(img, snap, state.store, opts)  # type: ignore[union-attr, arg-type]
     state.metrics.observe_stages({"decode": decode_ms, **r.timings_ms})
     state.metrics.recognitions.labels("recognized" if r.best else "no_match").inc()
-    response = build_response(state, request_id, r, snap, decode_ms, scale)
+    response = build_response(state, request_id, r, snap, decode_ms, scale, top_k=opts.top_k,
+                              filter_text=opts.filter_text)
     response.retained = retain(state, request_id, owner, img, r, response)
     return response
 
 
-def _scaled(box: tuple[float, float, float, float], scale: tuple[float, float],
-            ) -> tuple[float, float, float, float]:
-    sx, sy = scale
-    x0, y0, x1, y1 = box
-    return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
 
 
 @router.get("/skus/{sku_id}/thumbnail", responses={404: {"model": ErrorResponse}},
@@ -356,6 +368,7 @@ async def readyz(state: State) -> JSONResponse:
         model_version=r.sicot.config.model_version if r else None,
         localizer_version=r.localizer.config.model_version if r and r.localizer else None,
         index_version=snap.version if snap else None,
+        published_index_version=state.follower.published if state.follower else None,
     )
     headers = None if body.ready else {"Retry-After": str(state.settings.retry_after_s)}
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503, headers=headers)

@@ -21,6 +21,8 @@ from service.settings import (
 )
 
 PREFIX = "SKU_SERVICE_"
+# max_objects is bounded by the localizer's own cap on detections after NMS
+MAX_OBJECTS_LIMIT = 10
 
 
 def check_key(key: str) -> str:
@@ -110,7 +112,14 @@ class ServiceSettings(BaseSettings):
     # online path
     localizer_margin: float = Field(PREDICTED_BOX_MARGIN, ge=0.0, le=1.0,
                                     description="crop margin around the localizer's box")
+    localizer_score_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="lowest detection score kept; unset = the artifact's")
     search_k: int = Field(30, ge=1, le=1000, description="neighbours of the category vote")
+    max_objects: int = Field(
+        MAX_OBJECTS_LIMIT, ge=1, le=MAX_OBJECTS_LIMIT,
+        description="most objects one request may ask for (max_objects)")
+    filter_max_search_k: int = Field(
+        2000, ge=1, le=100_000, description="deepest index search for a selective filter")
 
     # the learning loop (opt-in; README "Privacy: retained queries and feedback")
     retain_queries: bool = Field(False, description="keep each request's crop and answer")

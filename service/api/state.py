@@ -21,7 +21,8 @@ from service.batching import MicroBatcher
 from service.binary_index import configure_faiss
 from service.fusion import FUSION_WEIGHT
 from service.localize import LocalizerConfig
-from service.recognizer import OnlineConfig, Recognizer
+from service.recognition import OnlineConfig
+from service.recognizer import Recognizer
 from service.redis_server import PrivateRedisServer, RedisUnavailable, connect, redact_url
 from service.snapshot import IndexFollower
 from service.store import SkuStore
@@ -96,10 +97,12 @@ class ServiceState:
 
             run = run_counted
         loc_cfg = LocalizerConfig.from_model_cfg(
-            localizer.config.model if localizer else {}, margin=s.localizer_margin
+            localizer.config.model if localizer else {}, margin=s.localizer_margin,
+            score_threshold=s.localizer_score_threshold,
         )
         online = OnlineConfig(
             margin=s.localizer_margin, search_k=s.search_k, localizer=loc_cfg,
+            filter_max_search_k=s.filter_max_search_k,
             fusion_weight=float(sicot.config.evaluation.get("fusion_weight", FUSION_WEIGHT)),
         )
         self.recognizer = Recognizer(sicot, localizer, online, run_sicot=run)
@@ -133,7 +136,12 @@ class ServiceState:
             log.warning("cannot read the index pointer: %s", exc)
             return
         self.problems.pop("redis", None)
-        self.metrics.index_reloads.labels("loaded" if changed else "unchanged").inc()
+        behind = self.follower.behind
+        self.metrics.index_reloads.labels(
+            "loaded" if changed else "failed" if behind and self.follower.last_error
+            else "unchanged").inc()
+        self.metrics.index_behind.set(1 if behind else 0)
+        self._publish_versions()  # the published version may have moved without a load
 
     async def poll_index(self) -> None:
         loop = asyncio.get_running_loop()
@@ -181,6 +189,9 @@ class ServiceState:
                 log.warning("readiness: redis ping failed: %s", exc)
         if not checks["index"] and self.follower is not None and self.follower.last_error:
             detail["index"] = self.follower.last_error
+        elif self.follower is not None and self.follower.behind:
+            # still ready: it answers from the version it has, like before the publish
+            detail["index"] = self.follower.behind
         return checks, detail
 
     def _publish_versions(self) -> None:
@@ -190,4 +201,5 @@ class ServiceState:
             model_version=r.sicot.config.model_version if r else None,
             localizer_version=r.localizer.config.model_version if r and r.localizer else None,
             index_version=snap.version if snap else None,
+            published_index_version=self.follower.published if self.follower else None,
         )

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from training.models.backbones import create_backbone
+from training.models.sharded_head import ShardedClassifier
 from training.models.text_encoders import create_text_encoder
 
 
@@ -74,6 +75,13 @@ class CosineClassifier(nn.Module):
         return self.scale * F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
 
 
+def dense_classifier(cfg: SICoTConfig) -> nn.Module:
+    """The dense SKU classifier W of ``cfg`` (all C rows)."""
+    if cfg.head == "cosine":
+        return CosineClassifier(cfg.embed_dim, cfg.num_classes, cfg.cosine_scale)
+    return nn.Linear(cfg.embed_dim, cfg.num_classes)
+
+
 class SICoTExport(nn.Module):
     """The served network: image → (embedding = v / |v|, sku_logits, category_logits)."""
 
@@ -91,7 +99,13 @@ class SICoTExport(nn.Module):
 
 
 class SICoTModel(nn.Module):
-    def __init__(self, cfg: SICoTConfig, word_vectors: np.ndarray | torch.Tensor | None = None):
+    """``classifier``: a prebuilt SKU classifier to use instead of drawing the dense W, i.e. a
+    :class:`ShardedClassifier` (``sku-train --sharded-fc``); the dense W is then never
+    allocated, so the category head (drawn after W) starts from other weights than the dense
+    model's of the same seed, the rest from the same."""
+
+    def __init__(self, cfg: SICoTConfig, word_vectors: np.ndarray | torch.Tensor | None = None,
+                 classifier: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
         with torch.random.fork_rng(devices=[]):
@@ -106,8 +120,7 @@ class SICoTModel(nn.Module):
             self.proj = nn.Sequential(nn.Linear(c, cfg.embed_dim, bias=False),
                                       nn.BatchNorm1d(cfg.embed_dim))
             self.classifier: nn.Module = (
-                CosineClassifier(cfg.embed_dim, cfg.num_classes, cfg.cosine_scale)
-                if cfg.head == "cosine" else nn.Linear(cfg.embed_dim, cfg.num_classes))
+                dense_classifier(cfg) if classifier is None else classifier)
             self.category_head = nn.Linear(cfg.embed_dim, cfg.num_categories)
         self.text: nn.Module | None = None
         if cfg.text_encoder is not None:
@@ -140,17 +153,26 @@ class SICoTModel(nn.Module):
         """Keys: ``v``, ``sku_logits``, ``category_logits``; with a text encoder and ``ids``
         also ``s``, ``attn`` (None for encoders without attention), ``mixed_logits`` and
         ``has_text`` (N,) bool (titles with at least one word). ``ids`` are ignored by the
-        baseline, so one training loop drives both."""
+        baseline, so one training loop drives both.  With a :class:`ShardedClassifier` the
+        SKU logits are left to the loss (:mod:`training.sharded_fc`, which gathers the
+        features of every rank first): no ``sku_logits`` / ``mixed_logits``, but the mixed
+        feature ``m`` = max(v, s)."""
         v = self.encode_image(images)
-        out: dict[str, Any] = {"v": v, "sku_logits": self.classifier(v),
-               "category_logits": self.category_head(v)}
+        sharded = isinstance(self.classifier, ShardedClassifier)
+        out: dict[str, Any] = {"v": v, "category_logits": self.category_head(v)}
+        if not sharded:
+            out["sku_logits"] = self.classifier(v)
         if self.text is not None and ids is not None:
             if mask is None:
                 mask = ids != 0
             s, attn = self.text(ids, mask)
             out["s"] = s
             out["attn"] = attn
-            out["mixed_logits"] = self.classifier(torch.maximum(v, s))
+            m = torch.maximum(v, s)
+            if sharded:
+                out["m"] = m
+            else:
+                out["mixed_logits"] = self.classifier(m)
             out["has_text"] = mask.any(dim=1)
         return out
 
@@ -167,4 +189,7 @@ class SICoTModel(nn.Module):
         }
 
     def export_module(self) -> SICoTExport:
+        if isinstance(self.classifier, ShardedClassifier):
+            raise ValueError("a sharded classifier holds some rows of W only: export the dense "
+                             "model of training.sharded_state.dense_model")
         return SICoTExport(self)
