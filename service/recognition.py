@@ -13,7 +13,7 @@ import numpy as np
 
 from service.fusion import FUSION_WEIGHT
 from service.label_filter import Node
-from service.localize import PREDICTED_BOX_MARGIN, LocalizerConfig
+from service.localize import LocalizerConfig
 from service.sku_table import MatchedRow, SkuTable
 
 
@@ -61,7 +61,7 @@ class RecognizeOptions:
 class OnlineConfig:
     """Knobs of the online path (the service's settings fill them)."""
 
-    margin: float = PREDICTED_BOX_MARGIN
+    margin: float | None = None  # crop margin around a localizer box; None: the artifact's
     search_k: int = 30
     # a selective filter removes neighbours: search ceil(search_k / share of rows passing)
     # deep, at most this many, so about search_k passing neighbours remain

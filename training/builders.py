@@ -193,6 +193,7 @@ def preprocess_config(cfg: TrainConfig, model: SICoTModel) -> PreprocessConfig:
         updates["input_size"] = cfg.input_size
     if cfg.resize is not None:
         updates["resize"] = cfg.resize
+    updates["crop_margin"] = cfg.crop_margin  # stored in the artifact: every crop follows it
     return PreprocessConfig(**{**base.model_dump(), **updates})
 
 
@@ -203,7 +204,7 @@ def train_dataset(cfg: TrainConfig, splits: Splits, source: ImageSource, pcfg: P
     transform = TrainTransform(pcfg, scale=(cfg.crop_scale_min, 1.0), hflip_p=cfg.hflip_p)
     train = SkuDataset(
         splits.train, splits.labels, source, pcfg, train_transform=transform,
-        crop_to_box=True, crop_margin=cfg.crop_margin, seed=cfg.seed,
+        crop_to_box=True, seed=cfg.seed,
         ids=text.ids if text else None, mask=text.mask if text else None,
     )
     if not splits.catalog:
@@ -212,7 +213,7 @@ def train_dataset(cfg: TrainConfig, splits: Splits, source: ImageSource, pcfg: P
     ids, mask = (text.vocab.encode([item_text(it, cfg.title_with_tags) for it in splits.catalog],
                                    cfg.max_title_len) if text else (None, None))
     views = CustomerViewDataset(splits.catalog, cuts, splits.labels, pcfg,
-                                CustomerViewConfig(margin=cfg.crop_margin), seed=cfg.seed,
+                                CustomerViewConfig(margin=pcfg.crop_margin), seed=cfg.seed,
                                 ids=ids, mask=mask, repeats=cfg.catalog_views_per_epoch)
     return EpochConcat([train, views])
 
@@ -223,8 +224,8 @@ def eval_datasets(cfg: TrainConfig, splits: Splits, source: ImageSource,
     out: dict[str, SkuDataset] = {}
     if splits.heldout:
         out["heldout"] = SkuDataset(splits.heldout, splits.labels, source, pcfg,
-                                    crop_to_box=True, crop_margin=cfg.crop_margin)
+                                    crop_to_box=True)
     if splits.queries:
         out["queries"] = SkuDataset(splits.queries, splits.labels, source, pcfg,
-                                    crop_to_box=cfg.query_crop, crop_margin=cfg.crop_margin)
+                                    crop_to_box=cfg.query_crop)
     return out

@@ -204,7 +204,7 @@ class SkuDataset(EpochDataset):
         *,
         train_transform: TrainTransform | None = None,
         crop_to_box: bool = True,
-        crop_margin: float = 0.1,
+        crop_margin: float | None = None,
         ids: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         seed: int = 0,
@@ -219,7 +219,9 @@ class SkuDataset(EpochDataset):
         self.targets = torch.tensor([index[it.sku_id] for it in self.items], dtype=torch.long)
         self.categories = torch.tensor(labels.sku_category, dtype=torch.long)[self.targets]
         self.source, self.cfg = source, preprocess_cfg
-        self.train_transform, self.crop_to_box, self.crop_margin = train_transform, crop_to_box, crop_margin
+        self.train_transform, self.crop_to_box = train_transform, crop_to_box
+        # the artifact's crop rule unless a caller asks for another margin
+        self.crop_margin = preprocess_cfg.crop_margin if crop_margin is None else crop_margin
         self.ids, self.mask, self.seed, self.epoch = ids, mask, seed, 0
 
     def set_epoch(self, epoch: int) -> None:

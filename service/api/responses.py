@@ -17,16 +17,11 @@ from service.api.schemas import (
     RecognizeResponse,
 )
 from service.api.state import ServiceState
+from service.preprocess import scale_box
 from service.recognition import Candidate as Scored
 from service.recognition import ObjectRecognition, Recognition
 
 Box = tuple[float, float, float, float]
-
-
-def scaled(box: Box, scale: tuple[float, float]) -> Box:
-    sx, sy = scale
-    x0, y0, x1, y1 = box
-    return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
 
 
 def candidate(c: Scored) -> Candidate:
@@ -57,7 +52,7 @@ def box_used(o: ObjectRecognition, size: tuple[int, int], scale: tuple[float, fl
     """``scale``: decoded pixels per pixel of the photo sent; the box is in the latter."""
     w, h = size
     x0, y0, x1, y1 = o.box
-    pixels = tuple(round(v, 3) for v in scaled(o.box, (1 / scale[0], 1 / scale[1])))
+    pixels = tuple(round(v, 3) for v in scale_box(o.box, (1 / scale[0], 1 / scale[1])))
     return BoxUsed(pixels=pixels, normalized=(x0 / w, y0 / h, x1 / w, y1 / h),  # type: ignore[arg-type]
                    source=o.box_source, score=o.box_score)  # type: ignore[arg-type]
 

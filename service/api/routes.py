@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile
 
 from service.api.auth import take_token
 from service.api.errors import ApiError, IndexUnavailable, Overloaded, Unavailable
-from service.api.responses import build_response, scaled
+from service.api.responses import build_response
 from service.api.retention import owner_of, retain
 from service.api.schemas import (
     ErrorResponse,
@@ -28,8 +28,9 @@ from service.api.schemas import (
     RecognizeResponse,
 )
 from service.api.state import REDIS_DOWN, ServiceState
-from service.imageio import ImageError, decode_image, full_size
+from service.imageio import ImageError, decode_photo, decoded_scale, full_size
 from service.label_filter import FilterError, parse_filter
+from service.preprocess import scale_box
 from service.recognition import RecognizeOptions, UnknownCategory
 from service.recognizer import clip_roi
 from service.redis_server import is_redis_error
@@ -315,15 +316,15 @@ def _options(s: Any, top_k: int | None, category: str | None, roi: Any,
 def _run(state: ServiceState, request_id: str, data: bytes, opts: RecognizeOptions,
          snap: Any, owner: str = "") -> RecognizeResponse:
     t0 = time.perf_counter()
-    draft = max(state.recognizer.sicot.preprocess.input_size * 4, 512)  # type: ignore[union-attr]
-    img = decode_image(data, state.settings.limits, draft_size=draft)
+    img = decode_photo(data, state.recognizer.sicot.preprocess.input_size,  # type: ignore[union-attr]
+                       state.settings.limits)
     decode_ms = (time.perf_counter() - t0) * 1000.0
     # a large photo is decoded reduced; the client's roi and the answer's box and size are in
     # the pixels of the photo it sent
     fw, fh = full_size(img)
-    scale = (img.width / fw, img.height / fh)
+    scale = decoded_scale(img)
     if opts.roi is not None:  # checked against the photo as sent, then scaled
-        opts = dataclasses.replace(opts, roi=scaled(clip_roi(opts.roi, (fw, fh)), scale))
+        opts = dataclasses.replace(opts, roi=scale_box(clip_roi(opts.roi, (fw, fh)), scale))
     r = state.recognizer.recognize(img, snap, state.store, opts)  # type: ignore[union-attr, arg-type]
     state.metrics.observe_stages({"decode": decode_ms, **r.timings_ms})
     state.metrics.recognitions.labels("recognized" if r.best else "no_match").inc()

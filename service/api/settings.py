@@ -9,7 +9,6 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.localize import PREDICTED_BOX_MARGIN
 from service.settings import (
     ImageLimits,
     KeyPrefix,
@@ -110,8 +109,9 @@ class ServiceSettings(BaseSettings):
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503")
 
     # online path
-    localizer_margin: float = Field(PREDICTED_BOX_MARGIN, ge=0.0, le=1.0,
-                                    description="crop margin around the localizer's box")
+    localizer_margin: float | None = Field(
+        None, ge=0.0, le=1.0, description="override of the crop margin around a localizer box; "
+        "unset: the recognizer artifact's preprocess.crop_margin (what it was trained with)")
     localizer_score_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="lowest detection score kept; unset = the artifact's")
     search_k: int = Field(30, ge=1, le=1000, description="neighbours of the category vote")

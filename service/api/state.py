@@ -97,7 +97,7 @@ class ServiceState:
 
             run = run_counted
         loc_cfg = LocalizerConfig.from_model_cfg(
-            localizer.config.model if localizer else {}, margin=s.localizer_margin,
+            localizer.config.model if localizer else {},
             score_threshold=s.localizer_score_threshold,
         )
         online = OnlineConfig(
