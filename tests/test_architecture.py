@@ -59,3 +59,25 @@ def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
     (pkg / "good.py").write_text("from . import bad\nimport numpy\n")
     assert violations("service", RULES["service"], root=tmp_path) == [
         "service/bad.py: torch.nn", "service/bad.py: training.x"]
+
+
+def _raised_codes() -> set[str]:
+    """The first (code) argument of every ApiError / _BodyRefused raised in service/api."""
+    codes = set()
+    for path in (ROOT / "service" / "api").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in {"ApiError", "_BodyRefused"} and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                codes.add(node.args[0].value)
+    return codes
+
+
+def test_every_error_code_has_its_status_in_the_one_table() -> None:
+    from service.api.errors import ERROR_CODES
+    from service.imageio import ImageError
+
+    raised = _raised_codes()
+    assert {"missing_api_key", "invalid_filter", "request_timeout"} <= raised  # the scan works
+    image_codes = {cls.code for cls in [ImageError, *ImageError.__subclasses__()]}
+    assert raised | image_codes <= set(ERROR_CODES)

@@ -18,11 +18,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 
 from service.api.auth import take_token
-from service.api.errors import ApiError, IndexUnavailable, Overloaded, Unavailable
+from service.api.errors import (
+    ApiError,
+    IndexUnavailable,
+    Overloaded,
+    Unavailable,
+    error_responses,
+    status_of,
+)
 from service.api.responses import build_response
 from service.api.retention import owner_of, retain
 from service.api.schemas import (
-    ErrorResponse,
     HealthResponse,
     ReadyResponse,
     RecognizeResponse,
@@ -60,11 +66,11 @@ def require_api_key(request: Request, state: State) -> None:
     header = state.settings.api_key_header
     given = request.headers.get(header)
     if not given:
-        raise ApiError(401, "missing_api_key", f"send your API key in the {header} header",
+        raise ApiError("missing_api_key", f"send your API key in the {header} header",
                        {"WWW-Authenticate": "ApiKey"})
     policy = keys.check(given)
     if policy is None:
-        raise ApiError(403, "invalid_api_key", "the API key is not valid")
+        raise ApiError("invalid_api_key", "the API key is not valid")
     if state.redis_client is None:
         return
     try:
@@ -73,7 +79,7 @@ def require_api_key(request: Request, state: State) -> None:
         log.warning("rate limit of key %s not checked: %s", policy.key_id, exc)
         return
     if wait is not None:
-        raise ApiError(429, "rate_limited", "this API key's request rate is exceeded",
+        raise ApiError("rate_limited", "this API key's request rate is exceeded",
                        {"Retry-After": str(max(1, math.ceil(wait)))})
 
 
@@ -109,11 +115,11 @@ def parse_roi(value: str | None) -> tuple[float, float, float, float] | None:
             raise ValueError
         x0, y0, x1, y1 = (float(p) for p in parts)
     except ValueError:
-        raise ApiError(422, "invalid_options", "roi must be 'x0,y0,x1,y1' in pixels") from None
+        raise ApiError("invalid_options", "roi must be 'x0,y0,x1,y1' in pixels") from None
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-        raise ApiError(422, "invalid_options", "roi values must be finite numbers")
+        raise ApiError("invalid_options", "roi values must be finite numbers")
     if not (x1 > x0 and y1 > y0) or min(x0, y0) < 0:
-        raise ApiError(422, "invalid_options", "roi needs 0 <= x0 < x1 and 0 <= y0 < y1")
+        raise ApiError("invalid_options", "roi needs 0 <= x0 < x1 and 0 <= y0 < y1")
     return (x0, y0, x1, y1)
 
 
@@ -126,27 +132,23 @@ async def read_upload(request: Request) -> tuple[bytes, dict[str, str]]:
         form = await request.form(max_files=1, max_fields=16, max_part_size=limit)
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
-            raise ApiError(400, "missing_image", "multipart body needs a file field 'image'")
+            raise ApiError("missing_image", "multipart body needs a file field 'image'")
         data = await upload.read()
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         await form.close()
         return data, fields
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         return await request.body(), {}
-    raise ApiError(415, "unsupported_media_type",
+    raise ApiError("unsupported_media_type",
                    "send the photo as multipart/form-data (field 'image') or as an image/* body")
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": desc} for code, desc in {
-        400: "undecodable image, or no 'image' field", 401: "missing API key",
-        403: "wrong API key", 413: "body or pixel count over the limits",
-        415: "not an image, or an unsupported format",
-        422: "invalid options, unknown_category, or invalid_filter (with the position)",
-        429: "the work queue is full; retry shortly",
-        503: "models, index or Redis unavailable; see Retry-After",
-    }.items()
-}
+ERRORS = error_responses(
+    "undecodable_image", "missing_image", "image_too_small", "missing_api_key", "invalid_api_key",
+    "request_timeout", "payload_too_large", "image_too_large", "unsupported_media_type",
+    "unsupported_image_type", "invalid_options", "unknown_category", "invalid_filter",
+    "rate_limited", "overloaded", "unavailable", "index_unavailable",
+)
 _CANDIDATE_EXAMPLE = {
     "sku_id": "FLORA-400", "score": 0.87, "source": "both", "title": "Flora Original 400 ml",
     "tags": ["brand=Flora", "size=400ml", "vegan"],
@@ -182,7 +184,7 @@ RESPONSE_EXAMPLE = {
     "retained": False,
 }
 ERRORS[200] = {"content": {"application/json": {"example": RESPONSE_EXAMPLE}}}
-ERRORS[422]["content"] = {"application/json": {"example": {"error": {
+ERRORS[status_of("invalid_filter")]["content"] = {"application/json": {"example": {"error": {
     "code": "invalid_filter", "request_id": "7f9c2a6e1b3d4c5f", "position": 16,
     "message": "filter: expected key=value or '(', got 'AND' at position 16"}}}}
 BODY_DOC = {"requestBody": {"required": True, "content": {
@@ -246,11 +248,11 @@ async def recognize(
                     state.executor, _run, state, request.state.request_id, data, opts, snap,
                     owner_of(request, state))
             except UnknownCategory as exc:
-                raise ApiError(422, "unknown_category", str(exc)) from None
+                raise ApiError("unknown_category", str(exc)) from None
             except ImageError:
                 raise
             except ValueError as exc:
-                raise ApiError(422, "invalid_options", str(exc)) from None
+                raise ApiError("invalid_options", str(exc)) from None
 
 
 def ready_snapshot(state: ServiceState) -> Any:
@@ -288,7 +290,7 @@ def _num(fields: dict[str, str], name: str, cast: Any) -> Any:
     try:
         return cast(fields[name])
     except ValueError:
-        raise ApiError(422, "invalid_options", f"{name} must be a number") from None
+        raise ApiError("invalid_options", f"{name} must be a number") from None
 
 
 def _options(s: Any, top_k: int | None, category: str | None, roi: Any,
@@ -297,17 +299,17 @@ def _options(s: Any, top_k: int | None, category: str | None, roi: Any,
     """The one validation of the options, whichever way they came."""
     top_k = s.default_top_k if top_k is None else top_k
     if not 1 <= top_k <= s.max_top_k:
-        raise ApiError(422, "invalid_options", f"top_k must be in [1, {s.max_top_k}]")
+        raise ApiError("invalid_options", f"top_k must be in [1, {s.max_top_k}]")
     min_score = s.default_min_score if min_score is None else min_score
     if not 0.0 <= min_score <= 1.0:
-        raise ApiError(422, "invalid_options", "min_score must be in [0, 1]")
+        raise ApiError("invalid_options", "min_score must be in [0, 1]")
     max_objects = 1 if max_objects is None else max_objects
     if not 1 <= max_objects <= s.max_objects:
-        raise ApiError(422, "invalid_options", f"max_objects must be in [1, {s.max_objects}]")
+        raise ApiError("invalid_options", f"max_objects must be in [1, {s.max_objects}]")
     try:
         node = parse_filter(filter_text) if filter_text else None
     except FilterError as exc:
-        raise ApiError(422, "invalid_filter", str(exc), position=exc.position) from None
+        raise ApiError("invalid_filter", str(exc), position=exc.position) from None
     return RecognizeOptions(top_k=top_k, category=category or None, roi=roi, min_score=min_score,
                             max_objects=max_objects, filter=node,
                             filter_text=filter_text if node is not None else None)
@@ -336,7 +338,8 @@ def _run(state: ServiceState, request_id: str, data: bytes, opts: RecognizeOptio
 
 
 
-@router.get("/skus/{sku_id}/thumbnail", responses={404: {"model": ErrorResponse}},
+@router.get("/skus/{sku_id}/thumbnail", responses=error_responses(
+    "missing_api_key", "invalid_api_key", "not_found", "unavailable", "index_unavailable"),
             dependencies=[Depends(require_api_key)])
 async def thumbnail(sku_id: Annotated[str, Path(max_length=200)], request: Request,
                     state: State) -> Response:
@@ -347,7 +350,7 @@ async def thumbnail(sku_id: Annotated[str, Path(max_length=200)], request: Reque
             None, functools.partial(state.store.get_skus, snap.version, [sku_id],  # type: ignore[union-attr]
                                     published=True))
     if not meta or not meta.get("thumb"):
-        raise ApiError(404, "not_found", f"no thumbnail for SKU {sku_id!r}")
+        raise ApiError("not_found", f"no thumbnail for SKU {sku_id!r}")
     return Response(meta["thumb"], media_type="image/jpeg",
                     headers={"Cache-Control": "public, max-age=3600"})
 
