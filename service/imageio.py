@@ -13,6 +13,7 @@ import io
 import os
 import urllib.request
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -137,10 +138,11 @@ def release_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _find_malloc_trim():  # type: ignore[no-untyped-def]
+def _find_malloc_trim() -> Callable[[int], int] | None:
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return libc.malloc_trim
+        trim: Callable[[int], int] = libc.malloc_trim
+        return trim
     except (OSError, AttributeError):
         return None
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from service.fusion import FUSION_WEIGHT
+from service.fusion import FUSION_WEIGHT, CandidateSource
 from service.label_filter import Node
 from service.localize import LocalizerConfig
 from service.sku_table import MatchedRow, SkuTable
@@ -75,11 +75,18 @@ class OnlineConfig:
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
 
 
+# where an object's box came from
+BoxSource = Literal["localizer", "roi", "full_image"]
+
+
 @dataclass
-class Candidate:
+class ScoredCandidate:
+    """A candidate SKU of one object as the recognizer ranks it (the API's ``Candidate`` is
+    its public form)."""
+
     sku_id: str
     score: float
-    source: str
+    source: CandidateSource
     metadata: dict[str, Any]
     match: MatchedRow | None = None  # its catalog image nearest to the crop
 
@@ -88,14 +95,14 @@ class Candidate:
 class ObjectRecognition:
     """One recognised object of the photo: its box and its own ranked candidates."""
 
-    candidates: list[Candidate]
-    best: Candidate | None
+    candidates: list[ScoredCandidate]
+    best: ScoredCandidate | None
     category_model: np.ndarray
     category_vote: np.ndarray
     category_fused: np.ndarray
     constrained_to: list[str]
     box: tuple[float, float, float, float]  # the crop recognised (what roi reproduces)
-    box_source: str
+    box_source: BoxSource
     box_score: float | None
     detection: tuple[float, float, float, float] | None = None  # the localizer's box, no margin
 
@@ -132,4 +139,4 @@ class Recognition:
     box_score = property(lambda self: self.main.box_score)
 
 
-Located = tuple[tuple[float, float, float, float], str, float | None]
+Located = tuple[tuple[float, float, float, float], BoxSource, float | None]

@@ -40,7 +40,6 @@ from service.fusion import (
 from service.localize import locate_products
 from service.preprocess import crop_rect, preprocess
 from service.recognition import (
-    Candidate,
     FilterStats,
     IndexSnapshot,
     Located,
@@ -48,6 +47,7 @@ from service.recognition import (
     OnlineConfig,
     Recognition,
     RecognizeOptions,
+    ScoredCandidate,
     SkuLookup,
     UnknownCategory,
 )
@@ -255,7 +255,7 @@ class Recognizer:
                 snap: IndexSnapshot, located: Located, crop: tuple[float, float, float, float],
                 opts: RecognizeOptions) -> ObjectRecognition:
         cfg = self.config
-        candidates: list[Candidate] = []
+        candidates: list[ScoredCandidate] = []
         for m in r.merged:
             meta = metas[m.sku_id]
             if meta is None:  # the SKU left the catalog after the model was trained
@@ -264,7 +264,7 @@ class Recognizer:
             raw = m.index_vote if unknown else (
                 (1 - cfg.index_weight) * m.classifier_prob + cfg.index_weight * m.index_vote
             )
-            candidates.append(Candidate(m.sku_id, float(np.clip(raw, 0, 1)), m.source, meta))
+            candidates.append(ScoredCandidate(m.sku_id, float(np.clip(raw, 0, 1)), m.source, meta))
         candidates.sort(key=lambda c: -c.score)
         candidates = candidates[: opts.top_k]
         if snap.skus is not None and snap.embeddings is not None:

@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, Field
 
+from service.api.deps import get_state, require_api_key
 from service.api.errors import ApiError, Unavailable, error_responses
 from service.api.retention import owner_of
-from service.api.routes import get_state, require_api_key
 from service.api.state import ServiceState
 from service.feedback import (
     REQUEST_ID_RE,
