@@ -40,6 +40,45 @@ build() {
         "--podman-build-args=--network=host $volumes" build
 }
 
+# `up` starts the services one by one, in the order of their `depends_on`, and enforces the
+# conditions itself: podman 4.3 (Debian 12) cannot wait for `healthy`, so podman-compose skips
+# that condition, and it fails to start a container whose `--requires` chain has an exited
+# container in it (the demo job).  tests/test_deploy.py checks this order against the file.
+START_ORDER="redis demo-job service"
+
+container_of() {  # $1 service: the name of its container in this project
+    podman ps -a --format '{{.Names}}' \
+        --filter "label=io.podman.compose.project=${COMPOSE_PROJECT_NAME:-sku-recognition}" \
+        --filter "label=com.docker.compose.service=$1"
+}
+
+start_in_order() {
+    local service name rc tries
+    for service in $START_ORDER; do
+        compose up -d --no-deps "$@" "$service"
+        name=$(container_of "$service")
+        case "$service" in
+            redis)  # condition: service_healthy
+                tries=0
+                until podman healthcheck run "$name" >/dev/null 2>&1; do
+                    tries=$((tries + 1))
+                    [ "$tries" -lt 60 ] || { echo "compose-podman: $name never got healthy" >&2; exit 1; }
+                    sleep 1
+                done
+                ;;
+            demo-job)  # condition: service_completed_successfully
+                echo "compose-podman: waiting for $name (demo catalog, training, index)" >&2
+                rc=$(podman wait "$name")
+                if [ "$rc" != 0 ]; then
+                    podman logs --tail 50 "$name" >&2
+                    echo "compose-podman: $name exited $rc" >&2
+                    exit 1
+                fi
+                ;;
+        esac
+    done
+}
+
 command=${1:-}
 case "$command" in
     up|build)
@@ -50,7 +89,7 @@ case "$command" in
         fi
         # `up --no-build`: the images exist already (podman-compose takes the flag too).
         case " $* " in *" --no-build "*) ;; *) build;; esac
-        [ "$command" = build ] || { shift; compose up -d "$@"; }
+        [ "$command" = build ] || { shift; start_in_order "$@"; }
         ;;
     "")
         sed -n '2,9p' "$0" >&2
@@ -58,6 +97,7 @@ case "$command" in
         ;;
     *)
         # Compose needs a value for the required key even where the command does not use it.
-        SKU_API_KEY=${SKU_API_KEY:-unused-by-$command} compose "$@"
+        # --profile tools: `run index-builder` as with Docker, where naming a service enables it.
+        SKU_API_KEY=${SKU_API_KEY:-unused-by-$command} compose --profile tools "$@"
         ;;
 esac

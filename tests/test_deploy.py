@@ -559,6 +559,22 @@ def test_compose_service_reads_what_the_demo_job_writes(
     assert "data:/data:ro" in compose()["services"]["service"]["volumes"] and data == Path("/data")
 
 
+def test_podman_start_order_follows_depends_on() -> None:
+    """deploy/compose-podman.sh starts the services itself (podman 4.3 cannot honour every
+    depends_on condition): every service that `up` starts, each after what it depends on."""
+    text = (REPO / "deploy" / "compose-podman.sh").read_text()
+    (order,) = re.findall(r'^START_ORDER="([^"]+)"', text, re.MULTILINE)
+    started = order.split()
+    services = compose()["services"]
+    assert set(started) == {n for n, svc in services.items() if not svc.get("profiles")}
+    for i, name in enumerate(started):
+        deps = set(services[name].get("depends_on") or {})
+        assert deps <= set(started[:i]), f"{name} starts before {deps - set(started[:i])}"
+        conditions = {d.get("condition") for d in (services[name].get("depends_on") or {}).values()}
+        # the script enforces these two (healthcheck run, exit code 0) and nothing else
+        assert conditions <= {"service_healthy", "service_completed_successfully"}, conditions
+
+
 def test_compose_config_validates_with_docker() -> None:
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"],
