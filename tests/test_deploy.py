@@ -733,3 +733,25 @@ def test_k8s_schema_validation_catches_a_misspelt_field() -> None:
     broken["spec"]["replica"] = broken["spec"].pop("replicas")
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_host_build_settings_pass_pip_config_as_read_only_mounts(tmp_path: Path) -> None:
+    """compose-podman.sh gives the builds the host's pip settings: a merged pip.conf (config
+    files and PIP_* variables) and every local path it names, mounted read-only."""
+    wheels, index = tmp_path / "wheels", tmp_path / "mirror" / "simple"
+    wheels.mkdir()
+    index.mkdir(parents=True)
+    conf = tmp_path / "host-pip.conf"
+    conf.write_text(f"[global]\nextra-index-url = file://{index}\n[install]\nno-compile = 1\n")
+    env = dict(os.environ, PIP_CONFIG_FILE=str(conf), PIP_FIND_LINKS=str(wheels))
+    out = subprocess.run([sys.executable, str(REPO / "deploy" / "podman" / "host_build_settings.py"),
+                          str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                         check=True)
+    volumes = out.stdout.split()
+    assert all(v.startswith("--volume=") and v.endswith(":ro") for v in volumes), volumes
+    assert f"--volume={wheels}:{wheels}:ro" in volumes
+    assert f"--volume={index.parent}:{index.parent}:ro" in volumes  # files link ../../files/
+    written = tmp_path / "out" / "pip.conf"
+    assert f"--volume={written}:/etc/pip.conf:ro" in volumes
+    merged = written.read_text()
+    assert f"find-links = {wheels}" in merged and "[install]\nno-compile = 1" in merged

@@ -32,8 +32,12 @@ PATH_OPTIONS = {"find-links", "index-url", "extra-index-url", "constraint", "req
 
 def pip_config(pip: list[str]) -> dict[str, dict[str, str]]:
     """The host's pip settings by section, as ``pip config list`` reports them (env last)."""
-    out = subprocess.run([*pip, "config", "list"], capture_output=True, text=True, check=True)
     sections: dict[str, dict[str, str]] = {}
+    out = subprocess.run([*pip, "config", "list"], capture_output=True, text=True)
+    if out.returncode != 0:  # no pip for this interpreter: no pip settings to pass on
+        sys.stderr.write(f"host_build_settings: `pip config list` failed, no pip settings "
+                         f"passed: {out.stderr.strip()[-300:]}\n")
+        return {"global": {}}
     env: dict[str, str] = {}
     for line in out.stdout.splitlines():
         key, sep, raw = line.partition("=")
