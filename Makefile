@@ -6,8 +6,11 @@ PY := $(VENV)/bin/python
 EXTRAS ?= serve,train,dev
 DEMO_DIR ?= demo-output
 DEMO_SKUS ?= 40
+# What the compose smoke test (tests/test_compose.py) needs besides the venv: Debian packages.
+# dnsname: compose's service names (redis://redis:6379) resolve on podman's CNI networks.
+CONTAINER_TOOLS := podman runc debootstrap golang-github-containernetworking-plugin-dnsname
 
-.PHONY: setup demo serve-demo test lint typecheck bench clean help
+.PHONY: setup demo serve-demo test lint typecheck bench clean help container-tools images-offline compose-demo compose-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,10 +32,30 @@ demo: setup  ## the end-to-end demo: catalog → train → localizer → index �
 serve-demo: setup  ## the same, then leave the service up (URL and API key printed)
 	$(VENV)/bin/sku-demo --out $(DEMO_DIR) --skus $(DEMO_SKUS) --keep-serving $(DEMO_ARGS)
 
-test: setup  ## install what the tests need and run the whole suite
+test: setup container-tools  ## install what the tests need and run the whole suite
 	$(PY) -m pytest
 
-lint: setup  ## ruff + mypy (service, index_builder, training)
+container-tools:  ## podman, runc, debootstrap: installed with apt as root, else listed
+	@if dpkg -s $(CONTAINER_TOOLS) >/dev/null 2>&1; then \
+	    echo "container tools: $(CONTAINER_TOOLS) installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "container tools: installing $(CONTAINER_TOOLS)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive nice -n 19 \
+	        apt-get install -y -qq --no-install-recommends $(CONTAINER_TOOLS) >/dev/null; \
+	else \
+	    echo "container tools missing: install $(CONTAINER_TOOLS) (tests/test_compose.py skips)"; \
+	fi
+
+images-offline:  ## the compose demo's base images from Debian packages (debootstrap, root)
+	deploy/local-images.sh
+
+compose-demo: setup container-tools  ## build everything offline and start the compose demo (podman)
+	deploy/compose-podman.sh up
+
+compose-down:  ## stop the compose demo and delete its data volume
+	deploy/compose-podman.sh down -v
+
+lint: setup  ## ruff + mypy (service, index_builder, training, demo)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 

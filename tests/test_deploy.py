@@ -136,7 +136,8 @@ def compose_argv(name: str) -> list[str]:
     svc = compose()["services"][name]
     kind = compose_image_kind(svc)
     entry = svc.get("entrypoint", exec_form(runtime(kind), "ENTRYPOINT") if kind else [])
-    return [*entry, *svc.get("command", exec_form(runtime(kind), "CMD") if kind else [])]
+    argv = [*entry, *svc.get("command", exec_form(runtime(kind), "CMD") if kind else [])]
+    return [interpolate(str(a)) for a in argv]  # compose interpolates commands too
 
 
 def k8s_docs() -> list[tuple[str, dict[str, Any]]]:
@@ -484,7 +485,13 @@ def test_compose_structure() -> None:
         if "build" in svc:
             assert (REPO / svc["build"]["context"]).is_dir()
             assert compose_image_kind(svc) in DOCKERFILES
-    assert services["redis"]["image"].startswith("redis:7")
+    assert interpolate(services["redis"]["image"]).startswith("redis:7")
+    # The base images are build arguments whose compose defaults are the Dockerfiles' own.
+    for name, svc in services.items():
+        if "build" in svc:
+            (arg,) = [i.args for i in parse_dockerfile(DOCKERFILES[compose_image_kind(svc)])
+                      if i.keyword == "ARG" and i.args.startswith("BASE_IMAGE=")]
+            assert interpolate(svc["build"]["args"]["BASE_IMAGE"]) == arg.split("=", 1)[1], name
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     svc = services["service"]
     assert compose_image_kind(svc) == "service"
@@ -550,6 +557,22 @@ def test_compose_service_reads_what_the_demo_job_writes(
     assert Path(svc["SKU_SERVICE_LOCALIZER_DIR"]) == in_data["localizer"]
     assert Path(svc["SKU_SERVICE_INDEX_DIR"]) == Path(idx["SKU_INDEX_INDEX_DIR"]) == in_data["index"]
     assert "data:/data:ro" in compose()["services"]["service"]["volumes"] and data == Path("/data")
+
+
+def test_podman_start_order_follows_depends_on() -> None:
+    """deploy/compose-podman.sh starts the services itself (podman 4.3 cannot honour every
+    depends_on condition): every service that `up` starts, each after what it depends on."""
+    text = (REPO / "deploy" / "compose-podman.sh").read_text()
+    (order,) = re.findall(r'^START_ORDER="([^"]+)"', text, re.MULTILINE)
+    started = order.split()
+    services = compose()["services"]
+    assert set(started) == {n for n, svc in services.items() if not svc.get("profiles")}
+    for i, name in enumerate(started):
+        deps = set(services[name].get("depends_on") or {})
+        assert deps <= set(started[:i]), f"{name} starts before {deps - set(started[:i])}"
+        conditions = {d.get("condition") for d in (services[name].get("depends_on") or {}).values()}
+        # the script enforces these two (healthcheck run, exit code 0) and nothing else
+        assert conditions <= {"service_healthy", "service_completed_successfully"}, conditions
 
 
 def test_compose_config_validates_with_docker() -> None:
@@ -674,3 +697,61 @@ def test_kubectl_kustomize_renders() -> None:
     rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert len(rendered) == sum(1 for _, d in k8s_docs()
                                 if d["kind"] not in ("Kustomization", "Secret"))
+
+
+# Against the Kubernetes OpenAPI schemas that kubernetes-validate ships (no cluster, no network):
+# the oldest version the manifests need (podFailurePolicy on a CronJob's Job is GA in 1.31) and
+# the newest the validator knows.  Strict: an unknown or misspelt field fails too.
+K8S_VERSIONS = ["1.31.0", "latest"]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_k8s_manifests_validate_against_the_kubernetes_schemas(version: str) -> None:
+    import kubernetes_validate
+
+    if version == "latest":
+        version = kubernetes_validate.latest_version()
+    checked = 0
+    for path, doc in k8s_docs():
+        if doc["kind"] == "Kustomization":  # kustomize's own file, not an API object
+            continue
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{path} ({doc['kind']} {doc['metadata']['name']}) against "
+                        f"Kubernetes {version}: {exc.message} at {list(exc.path)}")
+        checked += 1
+    assert checked == sum(1 for _, d in k8s_docs() if d["kind"] != "Kustomization")
+
+
+def test_k8s_schema_validation_catches_a_misspelt_field() -> None:
+    """The validation above can fail: the same Deployment with one field misspelt does."""
+    import kubernetes_validate
+
+    (dep,) = k8s_objects("Deployment")
+    broken = json.loads(json.dumps(dep))
+    broken["spec"]["replica"] = broken["spec"].pop("replicas")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_host_build_settings_pass_pip_config_as_read_only_mounts(tmp_path: Path) -> None:
+    """compose-podman.sh gives the builds the host's pip settings: a merged pip.conf (config
+    files and PIP_* variables) and every local path it names, mounted read-only."""
+    wheels, index = tmp_path / "wheels", tmp_path / "mirror" / "simple"
+    wheels.mkdir()
+    index.mkdir(parents=True)
+    conf = tmp_path / "host-pip.conf"
+    conf.write_text(f"[global]\nextra-index-url = file://{index}\n[install]\nno-compile = 1\n")
+    env = dict(os.environ, PIP_CONFIG_FILE=str(conf), PIP_FIND_LINKS=str(wheels))
+    out = subprocess.run([sys.executable, str(REPO / "deploy" / "podman" / "host_build_settings.py"),
+                          str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                         check=True)
+    volumes = out.stdout.split()
+    assert all(v.startswith("--volume=") and v.endswith(":ro") for v in volumes), volumes
+    assert f"--volume={wheels}:{wheels}:ro" in volumes
+    assert f"--volume={index.parent}:{index.parent}:ro" in volumes  # files link ../../files/
+    written = tmp_path / "out" / "pip.conf"
+    assert f"--volume={written}:/etc/pip.conf:ro" in volumes
+    merged = written.read_text()
+    assert f"find-links = {wheels}" in merged and "[install]\nno-compile = 1" in merged

@@ -7,14 +7,18 @@
 #       -t sku-recognition-jobs:gpu .
 #
 # CPU by default: torch comes from the PyTorch CPU index (TORCH_INDEX_URL), because the default
-# PyPI torch wheel pulls several GB of CUDA libraries.  VARIANT=gpu takes that CUDA wheel from
+# PyPI torch wheel pulls several GB of CUDA libraries.  TORCH_INDEX_URL="" takes torch from pip's
+# configured indexes instead (an air-gapped site's mirror or a find-links folder holding the CPU
+# wheel, given to the build as in deploy/README.md).  VARIANT=gpu takes that CUDA wheel from
 # PyPI instead, plus onnxruntime-gpu and faiss-gpu-cu12.  Build context: the repository root.
 # Runs as uid 10001 (the service image's uid, so it can read what this image writes to /data).
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The base of both stages: the official image by default; an air-gapped site substitutes its own
+# (deploy/local-images.sh makes one from Debian packages: Debian's python3 with python-is-python3).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BASE_IMAGE} AS build
 ARG VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 \
@@ -34,7 +38,7 @@ RUN set -eu; \
     case "$VARIANT" in cpu|gpu) ;; *) echo "VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 1;; esac; \
     pip install --upgrade pip; \
     torch_req="$(python -c 'import re, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["train"]; print(next(d for d in deps if re.split(r"[<>=!~ ;\[]", d)[0] == "torch"))')"; \
-    if [ "$VARIANT" = "gpu" ]; then \
+    if [ "$VARIANT" = "gpu" ] || [ -z "$TORCH_INDEX_URL" ]; then \
         pip install "$torch_req"; \
     else \
         pip install "$torch_req" --index-url "$TORCH_INDEX_URL"; \
@@ -48,7 +52,7 @@ RUN set -eu; \
     python -c "import torch, onnxruntime, faiss, redis, gensim, kornia, training, index_builder, demo; print('torch', torch.__version__)"
 
 # ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS runtime
+FROM ${BASE_IMAGE} AS runtime
 ARG VARIANT=cpu
 LABEL org.opencontainers.image.title="sku-recognition-jobs" \
       org.opencontainers.image.description="SKU recognition offline jobs: training, index builder, demo" \

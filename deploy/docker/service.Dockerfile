@@ -9,10 +9,12 @@
 # Build context: the repository root.  Runs as uid 10001; reads the artifacts and the index from
 # /data (a volume written by the jobs image) and Redis from REDIS_URL.  See deploy/README.md.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The base of both stages: the official image by default; an air-gapped site substitutes its own
+# (deploy/local-images.sh makes one from Debian packages: Debian's python3 with python-is-python3).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BASE_IMAGE} AS build
 # cpu: onnxruntime + faiss-cpu.  gpu: onnxruntime-gpu (with its pip CUDA/cuDNN libraries) and
 # faiss-gpu-cu12 instead; the host needs the NVIDIA container toolkit.
 ARG VARIANT=cpu
@@ -40,7 +42,7 @@ RUN set -eu; \
     python -c "import onnxruntime, faiss, redis, fastapi, uvicorn, service.api.app"
 
 # ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS runtime
+FROM ${BASE_IMAGE} AS runtime
 ARG VARIANT=cpu
 LABEL org.opencontainers.image.title="sku-recognition-service" \
       org.opencontainers.image.description="SKU recognition HTTP service (POST /recognize)" \
