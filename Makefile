@@ -55,7 +55,7 @@ compose-demo: setup container-tools  ## build everything offline and start the c
 compose-down:  ## stop the compose demo and delete its data volume
 	deploy/compose-podman.sh down -v
 
-lint:  ## ruff + mypy on the core
+lint: setup  ## ruff + mypy (service, index_builder, training, demo)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 

@@ -209,7 +209,7 @@ def build_study(args: argparse.Namespace) -> Study:
     evals = {"heldout": SkuDataset(splits.heldout, lm, source, pcfg),
              "catalog": SkuDataset(catalog, lm, source, pcfg)}
     for name, items in queries.items():
-        evals[name] = SkuDataset(items, lm, source, pcfg, crop_to_box=True, crop_margin=0.1)
+        evals[name] = SkuDataset(items, lm, source, pcfg, crop_to_box=True)
         st.test_mask[name] = np.asarray([in_test_half(it.image) if name in TEST_SETS else True
                                          for it in items])
     for name, ds in evals.items():

@@ -54,7 +54,8 @@ from training.trunk_cache import predict_on_cache  # noqa: E402
 
 log = logging.getLogger("emoji_eval")
 ROOT = Path(__file__).resolve().parents[1]
-DATASET = Path("/work/shared/datasets/emoji-catalog")
+# the benchmark lives in ../shared beside the repository (``--dataset`` to point elsewhere)
+DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "emoji-catalog"
 # name → (text encoder, training τ); the first is the baseline, the second the main SICoT row
 # (every row trains with the recipe, logit adjustment included: Table 2 is baseline vs SICoT
 # under the shipped recipe; the pre-recipe rows of τ = 0 are in git history)
@@ -72,6 +73,8 @@ SPLITS = ("queries", "heldout")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="emoji_eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
+                   help="the emoji-catalog benchmark (its materialize.py renders --data)")
     p.add_argument("--data", type=Path, default=Path("/tmp/emoji-full"),
                    help="materialized data set (made with materialize.py if stats.json is missing)")
     p.add_argument("--skus", type=int, default=0, help="materialize only N SKUs (0 = all)")
@@ -104,7 +107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def ensure_data(args: argparse.Namespace) -> None:
     if (args.data / "stats.json").is_file() and (args.data / "queries" / "manifest.jsonl").is_file():
         return
-    cmd = [sys.executable, str(DATASET / "materialize.py"), "--out", str(args.data), "--jobs", "2"]
+    cmd = [sys.executable, str(args.dataset / "materialize.py"), "--out", str(args.data), "--jobs", "2"]
     if args.skus:
         cmd += ["--skus", str(args.skus)]
     log.info("materializing: %s", " ".join(cmd))

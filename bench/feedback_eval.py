@@ -31,6 +31,7 @@ from service.catalog import CatalogItem, read_catalog
 from service.feedback import FeedbackLog, encode_jpeg
 from service.feedback_gate import FeedbackPolicy
 from service.imageio import load_image
+from service.preprocess import crop_rect
 from service.recognition import OnlineConfig, RecognizeOptions
 from service.recognizer import Recognizer
 from service.redis_server import redis_connection
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         crops, answers = [], []
         for it, r in zip(traffic, results, strict=True):
             img = load_image(it.image)
-            crops.append(encode_jpeg(img.crop(tuple(int(round(v)) for v in r.box)), 256))
+            crops.append(encode_jpeg(img.crop(crop_rect(r.box, 0.0, img.size)), 256))
             answers.append({"candidates": [{"sku_id": c.sku_id} for c in r.candidates]})
         configs = [(float(p), float(e), False, "gate") for p in args.ps.split(",")
                    for e in args.es.split(",")]

@@ -171,8 +171,8 @@ def _photos(folder: Path, n: int) -> list[Any]:
 
 
 def bench_embed(n: int) -> None:
-    from index_builder.embed import check_rows, embed_items
     from service.artifact import load_artifact
+    from service.embed import check_rows, embed_items
     from service.settings import ImageLimits
 
     say(f"### Embedding stage: {n} catalog photos (640×480 JPEG), batch 32, 2 decode threads")

@@ -35,13 +35,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from demo.run import build_index  # noqa: E402
 from service.artifact import load_artifact  # noqa: E402
 from service.imageio import decode_image  # noqa: E402
 from service.label_filter import labels_of  # noqa: E402
 from service.preprocess import preprocess  # noqa: E402
 from service.redis_server import PrivateRedisServer, free_port  # noqa: E402
 from service.settings import OnnxRuntimeSettings  # noqa: E402
-from training.demo import build_index  # noqa: E402
 
 KEY = "bench-key-0123456789"
 

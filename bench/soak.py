@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from recognize_load import KEY, load, pct, start_service  # noqa: E402
 
+from demo.run import build_index  # noqa: E402
 from service.redis_server import PrivateRedisServer, free_port  # noqa: E402
-from training.demo import build_index  # noqa: E402
 
 
 def bad_inputs(photo: bytes, rng: random.Random) -> list[tuple[str, bytes, str, set[int]]]:

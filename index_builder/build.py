@@ -23,13 +23,13 @@ import numpy as np
 
 from service.artifact import Artifact, ArtifactError, load_artifact
 from service.catalog import CatalogItem
+from service.embed import ThumbSpec, check_rows, embed_items
 from service.feedback import FeedbackLog
 from service.store import SkuRecord, SkuStore, VersionManifest, check_version, utc_now
 from service.vector_index import ROWS_FILE, VectorIndex, exact_search, file_entries, recall_at_k
 from service.vector_index import write_rows as write_row_file
 
 from . import maintenance
-from .embed import ThumbSpec, check_rows, embed_items
 from .feedback import accept_feedback, catalog_embeddings, collect_feedback
 from .redis_writer import copy_skus, write_records
 from .report import RunReport

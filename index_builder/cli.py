@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.redis_server import RedisUnavailable, redis_connection
+from service.redis_server import RedisUnavailable, is_redis_error, redis_connection
 from service.settings import SettingsError, load_settings
 from service.store import SkuStore, StoreError
 
@@ -224,19 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("interrupted: nothing was published by this run")
         return 130
     except Exception as exc:  # noqa: BLE001 - one exit code per failure class, the rest is 1
-        if _is_redis_error(exc):
+        if is_redis_error(exc):
             log.error("Redis error: %s", exc)
             return EXIT_REDIS
         log.exception("unexpected failure: %s", exc)
         return EXIT_BUG
-
-
-def _is_redis_error(exc: BaseException) -> bool:
-    try:
-        import redis
-    except ImportError:
-        return False
-    return isinstance(exc, redis.RedisError)
 
 
 if __name__ == "__main__":

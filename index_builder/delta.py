@@ -20,9 +20,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.catalog import CatalogItem, read_jsonl
+from service.catalog import BadRow, CatalogItem, read_jsonl
 
-from .rows import BadRow, PreparedRows, bad_from_error, drop_conflicts, read_rows, sort_rows
+from .rows import PreparedRows, bad_from_error, drop_conflicts, read_rows, sort_rows
 
 OPS = ("upsert", "delete")
 

@@ -20,11 +20,10 @@ from PIL import Image
 
 from service.artifact import Artifact
 from service.catalog import CatalogItem
+from service.embed import EMBEDDING_OUTPUT, normalize
 from service.feedback import FeedbackLog, RetainedQuery
 from service.feedback_gate import FeedbackPolicy, Labelled, gate, one_label_per_request
 from service.preprocess import preprocess
-
-from .embed import EMBEDDING_OUTPUT, normalize
 
 log = logging.getLogger(__name__)
 FEEDBACK_IMAGE_SCHEME = "feedback-query:"  # row images of feedback rows: no file, a query id

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -196,7 +197,7 @@ def _check_keys(store: SkuStore, version: str, skus: list[str], res: VerifyResul
 
 def _check_hashes(store: SkuStore, version: str, folder: Path, skus: list[str],
                   res: VerifyResult, batch: int = 1000) -> None:
-    first: dict[str, dict[str, object]] = {}
+    first: dict[str, dict[str, Any]] = {}
     with open(folder / ROWS_FILE, encoding="utf-8") as fh:
         for line in fh:
             obj = json.loads(line)

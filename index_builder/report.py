@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .rows import BadRow
+from service.catalog import BadRow
 
 
 @dataclass

@@ -20,26 +20,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.catalog import CatalogItem, RowError, is_remote, read_catalog, read_jsonl
+from service.catalog import BadRow, CatalogItem, RowError, is_remote, read_catalog, read_jsonl
 from service.label_filter import labels_of
 from service.store import SkuRecord
-
-
-@dataclass(frozen=True, slots=True)
-class BadRow:
-    """A row left out of the version, and why (``reason`` is a short code for counting)."""
-
-    source: str
-    reason: str
-    message: str
-    sku_id: str = ""
-
-    def to_json(self) -> dict[str, str]:
-        return {"source": self.source, "reason": self.reason, "message": self.message,
-                "sku_id": self.sku_id}
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.reason}: {self.message}"
 
 
 @dataclass

@@ -11,11 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.feedback_gate import FeedbackPolicy
-from service.settings import ImageLimits, OnnxRuntimeSettings, redis_url_field, validate_redis_url
+from service.settings import (
+    ImageLimits,
+    KeyPrefix,
+    OnnxRuntimeSettings,
+    RedisUrl,
+    key_prefix_field,
+    redis_url_field,
+)
 from service.vector_index import IndexSpec
 
 PREFIX = "SKU_INDEX_"
@@ -30,9 +37,8 @@ class IndexBuilderSettings(BaseSettings):
         env_prefix=PREFIX, env_nested_delimiter="__", extra="ignore", protected_namespaces=(),
     )
 
-    redis_url: str | None = redis_url_field(PREFIX)
-    key_prefix: str = Field("sku", pattern=r"^[A-Za-z0-9_.:-]+$", max_length=64,
-                            description="namespace of every key (the service's key_prefix)")
+    redis_url: RedisUrl = redis_url_field(PREFIX)
+    key_prefix: KeyPrefix = key_prefix_field()
     artifact_dir: Path | None = Field(None, description="SICoT artifact folder (model.onnx)")
     index_dir: Path = Field(Path("index"), description="root of the version folders")
 
@@ -71,8 +77,3 @@ class IndexBuilderSettings(BaseSettings):
     fail_how: Literal["raise", "hang"] = Field(
         "raise", description="TESTING ONLY: raise, or hang until killed (a test sends SIGKILL)"
     )
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, v: str | None) -> str | None:
-        return validate_redis_url(v)

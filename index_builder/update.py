@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from service.catalog import CatalogItem
+from service.embed import embed_items
 from service.store import StoreError
 from service.vector_index import EMBEDDINGS_FILE, ROWS_FILE
 
 from .build import ConfigError, DataError, Runner, VersionPlan, class_index, write_version
 from .delta import read_delta
-from .embed import embed_items
 from .report import RunReport
 from .rows import row_items, sku_records
 

@@ -22,8 +22,14 @@ versions at export) and ``evaluation`` (summary of the evaluation run, if any).
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
+import logging
 import os
+import platform
+import shutil
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,8 +40,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from service.preprocess import PreprocessConfig
 from service.settings import OnnxRuntimeSettings
 
+log = logging.getLogger(__name__)
+
 ARTIFACT_FORMAT_VERSION = 1
+# the folder's file names: every writer and reader takes them from here
 CONFIG_FILE = "config.json"
+ONNX_FILE = "model.onnx"
+CHECKPOINT_FILE = "checkpoint.pt"
+# the libraries whose versions an artifact records (``ArtifactConfig.versions``)
+VERSIONED_LIBRARIES = ("numpy", "onnx", "onnxruntime", "torch")
 
 
 class ArtifactError(RuntimeError):
@@ -77,9 +90,9 @@ class ArtifactConfig(BaseModel):
     name: str
     model_version: str
     created_at: str
-    onnx_file: str = "model.onnx"
+    onnx_file: str = ONNX_FILE
     onnx_sha256: str = ""
-    checkpoint_file: str | None = "checkpoint.pt"
+    checkpoint_file: str | None = CHECKPOINT_FILE
     input_name: str = "image"
     outputs: list[str]
     model: dict[str, Any] = Field(default_factory=dict)
@@ -106,6 +119,55 @@ def write_artifact_config(folder: str | os.PathLike[str], config: ArtifactConfig
     tmp.write_text(json.dumps(config.model_dump(mode="json"), indent=2, ensure_ascii=False))
     os.replace(tmp, target)
     return target
+
+
+def library_versions() -> dict[str, str]:
+    """Python and :data:`VERSIONED_LIBRARIES` as installed (read from package metadata, so
+    nothing is imported; a library that is not installed is left out)."""
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def write_artifact(
+    final: str | os.PathLike[str],
+    fill: Callable[[Path], ArtifactConfig],
+    *,
+    check: Callable[[Path], None] | None = None,
+    overwrite: bool = False,
+) -> ArtifactConfig:
+    """The one writer of an artifact folder, atomic: ``fill(tmp)`` writes the model files into
+    a fresh folder beside ``final`` and returns the config; ``config.json`` is written, then
+    ``check(tmp)`` (e.g. ONNX Runtime against the training framework) may raise; only then is
+    the folder renamed into place (an old ``final`` moved aside first, then deleted), so a
+    crash never leaves a half-written artifact where a reader would find it."""
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        config = fill(tmp)
+        write_artifact_config(tmp, config)
+        if check is not None:
+            check(tmp)
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote artifact %s (%s)", final, config.model_version)
+    return config
 
 
 def read_artifact_config(folder: str | os.PathLike[str]) -> ArtifactConfig:

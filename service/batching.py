@@ -4,7 +4,7 @@ Callers (worker threads) hand in one preprocessed image and block on a future; a
 dispatcher thread gathers up to ``max_batch`` images, waiting at most ``max_wait_ms`` after the
 first, runs the model once and hands every caller its row.  A failing batch fails each of its
 callers with the same exception, and the dispatcher keeps going.  On a 2-core CPU this rarely
-pays (MEASUREMENTS.md: batch 8 ≈ batch 1 in images/s), hence off by default; bench/recognize_load
+pays (measured: batch 8 ≈ batch 1 in images/s), hence off by default; bench/recognize_load
 measures both.
 """
 

@@ -20,8 +20,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from threadpoolctl import threadpool_limits
 
-# faiss 1.15 switches batched flat search to BLAS only from 128k queries (MEASUREMENTS.md:
-# ~10x slower batched search); 20 is the value that fixed it there.
+# faiss 1.15 switches batched flat search to BLAS only from 128k queries (measured here:
+# ~10x slower batched search without it); 20 is the value that fixed it there.
 BLAS_THRESHOLD = 20
 
 

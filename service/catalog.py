@@ -95,6 +95,23 @@ class RowError:
         return f"{self.file}:{self.line}: field '{self.field}': {self.message}"
 
 
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """A row left out of the version, and why (``reason`` is a short code for counting)."""
+
+    source: str
+    reason: str
+    message: str
+    sku_id: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"source": self.source, "reason": self.reason, "message": self.message,
+                "sku_id": self.sku_id}
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}: {self.message}"
+
+
 class CatalogError(ValueError):
     """Raised for the first bad row when reading with ``on_error="raise"``."""
 

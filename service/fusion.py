@@ -38,8 +38,16 @@ from __future__ import annotations
 
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+
+# where a candidate SKU came from: the classifier's top-k, the index's neighbours, or both
+CandidateSource = Literal["classifier", "index", "both"]
+
+# share of the search vote in the category fusion, chosen on the emoji-catalog validation half
+# (docs/results/online-path.md); an artifact's ``evaluation.fusion_weight`` overrides it
+FUSION_WEIGHT = 0.7
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -175,7 +183,7 @@ class MergedCandidate:
     score: float  # merged, renormalised over the returned candidates
     classifier_prob: float  # 0 when the classifier did not propose it
     index_vote: float  # share of the neighbour vote (0 when no neighbour is this SKU)
-    source: str  # "classifier", "index" or "both"
+    source: CandidateSource
 
 
 def _sku_vote(
@@ -239,7 +247,8 @@ def merge_with_neighbours(
     out = []
     for i in order:
         sku = ids[int(i)]
-        source = "both" if sku in p and sku in q else ("classifier" if sku in p else "index")
+        source: CandidateSource = (
+            "both" if sku in p and sku in q else ("classifier" if sku in p else "index"))
         score = float(arr[i] / total) if total > 0 else 1.0 / len(order)
         out.append(MergedCandidate(sku, score, p.get(sku, 0.0), q.get(sku, 0.0), source))
     return out

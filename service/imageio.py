@@ -13,6 +13,7 @@ import io
 import os
 import urllib.request
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -137,10 +138,11 @@ def release_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _find_malloc_trim():  # type: ignore[no-untyped-def]
+def _find_malloc_trim() -> Callable[[int], int] | None:
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return libc.malloc_trim
+        trim: Callable[[int], int] = libc.malloc_trim
+        return trim
     except (OSError, AttributeError):
         return None
 
@@ -196,6 +198,26 @@ def decode_image(
         raise UnsupportedImageType("not an image, or an image format that is not supported") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"the image could not be decoded: {exc}") from None
+
+
+def photo_draft_size(input_size: int) -> int:
+    """The image policy for photos: decode at no less than 4x the model's input side (and at
+    least 512 px), so JPEG's DCT scaling skips the pixels a model could never use while the
+    localizer's boxes stay sharp enough to crop from."""
+    return max(input_size * 4, 512)
+
+
+def decode_photo(data: bytes, input_size: int, limits: ImageLimits | None = None) -> Image.Image:
+    """A customer photo (an upload, or a query photo in an evaluation) decoded the way the
+    service decodes it: limits, EXIF orientation, reduced-size decoding for ``input_size``.
+    Boxes in the photo's own pixels map to the decoded image by :func:`decoded_scale`."""
+    return decode_image(data, limits, draft_size=photo_draft_size(input_size))
+
+
+def decoded_scale(img: Image.Image) -> tuple[float, float]:
+    """Decoded pixels per pixel of the photo as sent (1, 1 unless it was decoded reduced)."""
+    fw, fh = full_size(img)
+    return img.width / fw, img.height / fh
 
 
 def read_image_bytes(uri: str, *, max_bytes: int | None = None, timeout_s: float = 10.0) -> bytes:

@@ -12,17 +12,21 @@ stride (``model["stride"]``, a map of ``input_size / stride`` cells a side):
 
 Public API::
 
-    LocalizerConfig                         score_threshold, nms_iou, max_detections, margin,
+    LocalizerConfig                         score_threshold, nms_iou, max_detections,
                                             pre_nms_top_n, main-box weights; from_model_cfg()
     postprocess(outputs, *, image_size, preprocess, model_cfg, score_threshold=None,
                 nms_iou=None, max_detections=None) -> Detections   (one image)
+    rank_detections(dets, image_size, cfg, limit=None) -> indices, the main product first
     select_main_box(dets, image_size, *, size_power=.5, center_power=1.) -> int | None
-    expand_box(box, margin, image_size) -> (x0, y0, x1, y1)
     input_to_image_boxes(boxes, image_size, preprocess)   letterbox/squash/crop → image pixels
     image_to_input_boxes(boxes, image_size, preprocess)   the inverse (training targets)
     nms(boxes, scores, iou_threshold) -> kept indices;  box_iou(a, b) -> (A, B) IoU matrix
     localize_image(artifact, img, cfg=None) -> Detections   preprocess + ONNX run + postprocess
-    main_box(artifact, img, cfg=None) -> box or None        the main box, margin applied
+    locate_products(artifact, img, cfg=None, limit=1) -> [(box, score)], the main one first
+    main_box(artifact, img, cfg=None) -> box or None        the main product's box
+
+The crop around a box (its margin and rounding) is not decided here but by the recognizer's
+artifact: :func:`service.preprocess.crop_rect` with ``preprocess.crop_margin``.
 
 Boxes are ``(x0, y0, x1, y1)`` float pixels, x1/y1 exclusive (the catalog convention).
 
@@ -54,14 +58,6 @@ HEATMAP_OUTPUT = "heatmap"
 LTRB_OUTPUT = "ltrb"
 
 
-# Margin of the crop around a *predicted* main box, per side, as a share of the box. 0.3 won
-# on the dev photos (Twemoji scenes, seed 11; full online path 0.1 / 0.2 / 0.3: 80.5 / 83.4 /
-# 83.6 % top-1) but lost on both benchmarks' test halves (b1 82.8 -> 80.0, b2 35.2 -> 31.3),
-# so the served margin stays 0.1, the margin the recognizer is trained with
-# (docs/results/accuracy-study.md).
-PREDICTED_BOX_MARGIN = 0.1
-
-
 class LocalizerConfig(BaseModel):
     """Decoding and main-box parameters; the artifact stores its defaults in
     ``model["postprocess"]``, the service may override them."""
@@ -73,8 +69,6 @@ class LocalizerConfig(BaseModel):
     max_detections: int = Field(10, ge=1, le=1000)
     pre_nms_top_n: int = Field(100, ge=1, description="peaks kept before NMS")
     peak_kernel: int = Field(3, ge=1, description="local-maximum window (odd); 1 disables")
-    margin: float = Field(PREDICTED_BOX_MARGIN, ge=0.0, le=2.0,
-                          description="crop margin × box size per side")
     size_power: float = Field(0.5, ge=0.0, description="main-box rule: weight of box size")
     center_power: float = Field(1.0, ge=0.0, description="main-box rule: weight of centrality")
 
@@ -82,6 +76,9 @@ class LocalizerConfig(BaseModel):
     def from_model_cfg(cls, model_cfg: Mapping[str, Any], **overrides: Any) -> LocalizerConfig:
         """Defaults from an artifact's ``model["postprocess"]``, then ``overrides``."""
         values = dict(model_cfg.get("postprocess", {}))
+        # localizer artifacts exported before the crop margin moved to the recognizer's
+        # preprocess config (service.preprocess.crop_rect) still carry it here: unused
+        values.pop("margin", None)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -272,6 +269,17 @@ def main_box_values(
     return dets.scores.astype(np.float64) * area_frac**size_power * centrality**center_power
 
 
+def rank_detections(
+    dets: Detections, image_size: tuple[int, int], cfg: LocalizerConfig, limit: int | None = None,
+) -> list[int]:
+    """Indices of ``dets`` in the main-box rule's order (the main product first; ties keep the
+    detector's order, by score), at most ``limit``."""
+    values = main_box_values(dets, image_size, size_power=cfg.size_power,
+                             center_power=cfg.center_power)
+    order = np.argsort(-values, kind="stable")
+    return [int(i) for i in order[:limit]]
+
+
 def select_main_box(
     dets: Detections,
     image_size: tuple[int, int],
@@ -286,24 +294,6 @@ def select_main_box(
     if values.size == 0:
         return None
     return int(np.argmax(values))  # first maximum: ties go to the higher-scored detection
-
-
-def expand_box(
-    box: Sequence[float] | np.ndarray, margin: float, image_size: tuple[int, int]
-) -> tuple[float, float, float, float]:
-    """``box`` grown by ``margin`` × its width/height on each side, clipped to the image
-    (the same rule as :func:`service.preprocess.crop_box`)."""
-    if margin < 0:
-        raise ValueError("margin must be >= 0")
-    x0, y0, x1, y1 = (float(v) for v in box)
-    if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"empty box {[x0, y0, x1, y1]}")
-    w, h = image_size
-    mw, mh = (x1 - x0) * margin, (y1 - y0) * margin
-    out = (max(0.0, x0 - mw), max(0.0, y0 - mh), min(float(w), x1 + mw), min(float(h), y1 + mh))
-    if out[2] <= out[0] or out[3] <= out[1]:
-        raise ValueError(f"box {[x0, y0, x1, y1]} lies outside the {w}x{h} image")
-    return out
 
 
 def localize_image(
@@ -322,14 +312,24 @@ def localize_image(
     )
 
 
+def locate_products(
+    artifact: Artifact, img: Image.Image, cfg: LocalizerConfig | None = None, limit: int = 1,
+) -> list[tuple[tuple[float, float, float, float], float]]:
+    """Up to ``limit`` product boxes (pixels, no margin) with their scores, ordered by the
+    main-box rule (:func:`rank_detections`): the main product first; ``[]`` when none."""
+    cfg = cfg or LocalizerConfig.from_model_cfg(artifact.config.model)
+    dets = localize_image(artifact, img, cfg)
+    return [(_as_box(dets.boxes[i]), float(dets.scores[i]))
+            for i in rank_detections(dets, img.size, cfg, limit)]
+
+
 def main_box(
     artifact: Artifact, img: Image.Image, cfg: LocalizerConfig | None = None
 ) -> tuple[float, float, float, float] | None:
-    """The main product's box grown by ``cfg.margin`` (``None``: no product found, use the
-    whole photo)."""
-    cfg = cfg or LocalizerConfig.from_model_cfg(artifact.config.model)
-    dets = localize_image(artifact, img, cfg)
-    i = select_main_box(dets, img.size, size_power=cfg.size_power, center_power=cfg.center_power)
-    if i is None:
-        return None
-    return expand_box(dets.boxes[i], cfg.margin, img.size)
+    """The main product's box (``None``: no product found, use the whole photo)."""
+    found = locate_products(artifact, img, cfg, 1)
+    return found[0][0] if found else None
+
+
+def _as_box(b: np.ndarray) -> tuple[float, float, float, float]:
+    return float(b[0]), float(b[1]), float(b[2]), float(b[3])

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from service.fusion import FUSION_WEIGHT, CandidateSource
 from service.label_filter import Node
-from service.localize import PREDICTED_BOX_MARGIN, LocalizerConfig
+from service.localize import LocalizerConfig
 from service.sku_table import MatchedRow, SkuTable
 
 
@@ -60,12 +61,12 @@ class RecognizeOptions:
 class OnlineConfig:
     """Knobs of the online path (the service's settings fill them)."""
 
-    margin: float = PREDICTED_BOX_MARGIN
+    margin: float | None = None  # crop margin around a localizer box; None: the artifact's
     search_k: int = 30
     # a selective filter removes neighbours: search ceil(search_k / share of rows passing)
     # deep, at most this many, so about search_k passing neighbours remain
     filter_max_search_k: int = 2000
-    fusion_weight: float = 0.7  # share of the search vote in the category fusion
+    fusion_weight: float = FUSION_WEIGHT  # share of the search vote in the category fusion
     vote_temperature: float = 0.1  # category vote: softmax temperature over cosine sims
     index_temperature: float = 0.03  # SKU index check: sharp, a near-duplicate should decide
     category_top_n: int | None = 3
@@ -74,11 +75,18 @@ class OnlineConfig:
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
 
 
+# where an object's box came from
+BoxSource = Literal["localizer", "roi", "full_image"]
+
+
 @dataclass
-class Candidate:
+class ScoredCandidate:
+    """A candidate SKU of one object as the recognizer ranks it (the API's ``Candidate`` is
+    its public form)."""
+
     sku_id: str
     score: float
-    source: str
+    source: CandidateSource
     metadata: dict[str, Any]
     match: MatchedRow | None = None  # its catalog image nearest to the crop
 
@@ -87,14 +95,14 @@ class Candidate:
 class ObjectRecognition:
     """One recognised object of the photo: its box and its own ranked candidates."""
 
-    candidates: list[Candidate]
-    best: Candidate | None
+    candidates: list[ScoredCandidate]
+    best: ScoredCandidate | None
     category_model: np.ndarray
     category_vote: np.ndarray
     category_fused: np.ndarray
     constrained_to: list[str]
     box: tuple[float, float, float, float]  # the crop recognised (what roi reproduces)
-    box_source: str
+    box_source: BoxSource
     box_score: float | None
     detection: tuple[float, float, float, float] | None = None  # the localizer's box, no margin
 
@@ -131,4 +139,4 @@ class Recognition:
     box_score = property(lambda self: self.main.box_score)
 
 
-Located = tuple[tuple[float, float, float, float], str, float | None]
+Located = tuple[tuple[float, float, float, float], BoxSource, float | None]

@@ -37,10 +37,9 @@ from service.fusion import (
     search_vote,
     softmax,
 )
-from service.localize import expand_box, main_box_values, postprocess
-from service.preprocess import preprocess
+from service.localize import locate_products
+from service.preprocess import crop_rect, preprocess
 from service.recognition import (
-    Candidate,
     FilterStats,
     IndexSnapshot,
     Located,
@@ -48,6 +47,7 @@ from service.recognition import (
     OnlineConfig,
     Recognition,
     RecognizeOptions,
+    ScoredCandidate,
     SkuLookup,
     UnknownCategory,
 )
@@ -108,25 +108,17 @@ class Recognizer:
         and the score threshold), with where they came from and their score, ordered by the
         main-box rule: the main product first.  No localizer or no detection: the photo."""
         w, h = img.size
-        whole: list[Located] = [((0.0, 0.0, float(w), float(h)), "full_image", None)]
-        if self.localizer is None:
-            return whole
-        loc = self.localizer
-        x = preprocess(img, loc.preprocess)[None]
-        cfg = self.config.localizer
-        dets = postprocess(
-            loc.model.run(x), image_size=(w, h), preprocess=loc.preprocess,
-            model_cfg=loc.config.model, score_threshold=cfg.score_threshold,
-            nms_iou=cfg.nms_iou, max_detections=cfg.max_detections,
-        )
-        if len(dets) == 0:
-            return whole
-        values = main_box_values(dets, (w, h), size_power=cfg.size_power,
-                                 center_power=cfg.center_power)
-        # stable: ties keep the detector's order (by score), as select_main_box does
-        order = np.argsort(-values, kind="stable")[:max_objects]
-        return [(tuple(float(v) for v in dets.boxes[i]), "localizer",  # type: ignore[misc]
-                 float(dets.scores[i])) for i in order]
+        found = (locate_products(self.localizer, img, self.config.localizer, max_objects)
+                 if self.localizer is not None else [])
+        if not found:
+            return [((0.0, 0.0, float(w), float(h)), "full_image", None)]
+        return [(box, "localizer", score) for box, score in found]
+
+    @property
+    def crop_margin(self) -> float:
+        """The margin of a crop around a localizer box: the artifact's, unless overridden."""
+        margin = self.config.margin
+        return self.sicot.preprocess.crop_margin if margin is None else margin
 
     def locate(self, img: Image.Image) -> Located:
         """The main product's box in pixels, where it came from, and its score."""
@@ -185,12 +177,12 @@ class Recognizer:
             located: list[Located] = [(clip_roi(opts.roi, (w, h)), "roi", None)]
         else:
             located = self.locate_all(img, opts.max_objects)
-        crops = [expand_box(box, cfg.margin, (w, h)) if src == "localizer" else box
+        rects = [crop_rect(box, self.crop_margin if src == "localizer" else 0.0, (w, h))
                  for box, src, _ in located]
+        crops = [(float(x0), float(y0), float(x1), float(y1)) for x0, y0, x1, y1 in rects]
         clock.lap("localize")
 
-        batch = np.stack([preprocess(img.crop(tuple(int(round(v)) for v in c)),  # type: ignore[arg-type]
-                                     self.sicot.preprocess) for c in crops])
+        batch = np.stack([preprocess(img.crop(r), self.sicot.preprocess) for r in rects])
         out = self._run_sicot(batch)  # every object in one model call
         emb = out["embedding"].astype(np.float32)
         clock.lap("recognize")
@@ -263,7 +255,7 @@ class Recognizer:
                 snap: IndexSnapshot, located: Located, crop: tuple[float, float, float, float],
                 opts: RecognizeOptions) -> ObjectRecognition:
         cfg = self.config
-        candidates: list[Candidate] = []
+        candidates: list[ScoredCandidate] = []
         for m in r.merged:
             meta = metas[m.sku_id]
             if meta is None:  # the SKU left the catalog after the model was trained
@@ -272,7 +264,7 @@ class Recognizer:
             raw = m.index_vote if unknown else (
                 (1 - cfg.index_weight) * m.classifier_prob + cfg.index_weight * m.index_vote
             )
-            candidates.append(Candidate(m.sku_id, float(np.clip(raw, 0, 1)), m.source, meta))
+            candidates.append(ScoredCandidate(m.sku_id, float(np.clip(raw, 0, 1)), m.source, meta))
         candidates.sort(key=lambda c: -c.score)
         candidates = candidates[: opts.top_k]
         if snap.skus is not None and snap.embeddings is not None:

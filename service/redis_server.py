@@ -40,6 +40,15 @@ INSTALL_HINT = (
 )
 
 
+def is_redis_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error of the Redis client (False where redis-py is not installed)."""
+    try:
+        import redis
+    except ImportError:
+        return False
+    return isinstance(exc, redis.RedisError)
+
+
 class RedisUnavailable(RuntimeError):
     """Redis cannot be reached or started; the message says what to do."""
 

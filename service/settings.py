@@ -8,9 +8,9 @@ because it is what platforms (compose, Kubernetes, Heroku-style hosts) set.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings
 
 S = TypeVar("S", bound=BaseSettings)
@@ -18,6 +18,19 @@ S = TypeVar("S", bound=BaseSettings)
 
 class SettingsError(RuntimeError):
     """Invalid configuration; the message lists every bad variable in plain words."""
+
+
+def validate_redis_url(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return value
+
+
+# the type of every process's ``redis_url`` (validated) and ``key_prefix`` fields
+RedisUrl = Annotated[str | None, AfterValidator(validate_redis_url)]
+KeyPrefix = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
 def redis_url_field(prefix: str) -> Any:
@@ -29,13 +42,10 @@ def redis_url_field(prefix: str) -> Any:
     )
 
 
-class RedisKeySettings(BaseModel):
-    """Where this deployment's keys live inside Redis."""
-
-    key_prefix: str = Field(
-        "sku", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
-        description="namespace of every key this deployment writes",
-    )
+def key_prefix_field() -> Any:
+    """The ``key_prefix`` field: the namespace of every Redis key of one deployment."""
+    return Field("sku", description="namespace of every Redis key of this deployment "
+                 "(the service and the index builder must agree)")
 
 
 class ImageLimits(BaseModel):
@@ -48,23 +58,6 @@ class ImageLimits(BaseModel):
         "6000x4000); it bounds the memory one request can take while decoding",
     )
     min_side: int = Field(16, gt=0, description="smallest accepted width or height")
-
-
-def validate_redis_url(value: str | None) -> str | None:
-    if value is None or value == "":
-        return None
-    if not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("must start with redis://, rediss:// or unix://")
-    return value
-
-
-class RedisUrlMixin(BaseModel):
-    redis_url: str | None = None
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, v: str | None) -> str | None:
-        return validate_redis_url(v)
 
 
 def load_settings(cls: type[S], **overrides: Any) -> S:

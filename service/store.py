@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
@@ -69,7 +69,7 @@ def check_version(version: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class KeySchema:
-    """Every key name of one deployment (``prefix`` = :class:`RedisKeySettings.key_prefix`)."""
+    """Every key name of one deployment (``prefix`` = the ``key_prefix`` setting, :data:`service.settings.KeyPrefix`)."""
 
     prefix: str = "sku"
 
@@ -339,21 +339,6 @@ class SkuStore:
         """Record that ``version`` is being written, before its first key, so that ``gc`` can
         find the debris of a build that dies."""
         self.client.zadd(self.keys.builds, {check_version(version): time.time()})
-
-    def write_skus(self, version: str, records: Iterable[SkuRecord], batch: int = 1000) -> int:
-        """Pipelined HSET of ``records`` into ``version`` (redis-py; the builder's fast path is
-        mass insertion, see ``index_builder.redis_writer``).  Returns the count written."""
-        n = 0
-        pipe = self.client.pipeline(transaction=False)
-        for rec in records:
-            key = self.keys.sku(version, rec.sku_id)
-            pipe.delete(key)
-            pipe.hset(key, mapping=rec.to_hash())  # type: ignore[arg-type]
-            n += 1
-            if n % batch == 0:
-                pipe.execute()
-        pipe.execute()
-        return n
 
     def publish(self, manifest: VersionManifest) -> VersionManifest:
         """The one atomic step: manifest + current pointer + history in one MULTI/EXEC."""

@@ -76,7 +76,7 @@ def _batched(it, n: int = 500):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def demo_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated 20-SKU demo catalog: catalog/, train/, queries/ with their manifests."""
-    from training.demo_catalog import generate_demo_catalog
+    from demo.catalog import generate_demo_catalog
 
     out = tmp_path_factory.mktemp("demo-catalog")
     generate_demo_catalog(out, skus=20, seed=0)

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from demo.catalog import generate_demo_catalog
+from demo.catalog.cli import main
+from demo.catalog.packshot import render_packshot
+from demo.catalog.plan import TailLaw, make_plan
+from demo.catalog.scene import render_query
+from demo.catalog.spec import plan_skus, rng_for
+from demo.catalog.titles import has_promo
+from demo.catalog.vocab import CATEGORIES
 from service.catalog import read_jsonl
-from training.demo_catalog import generate_demo_catalog
-from training.demo_catalog.cli import main
-from training.demo_catalog.packshot import render_packshot
-from training.demo_catalog.plan import TailLaw, make_plan
-from training.demo_catalog.scene import render_query
-from training.demo_catalog.spec import plan_skus, rng_for
-from training.demo_catalog.titles import has_promo
-from training.demo_catalog.vocab import CATEGORIES
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(skus=12, seed=0, max_per_sku=20, queries_per_sku=2)
@@ -182,7 +182,7 @@ def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
 
 def test_help_explains_itself_without_torch() -> None:
     code = (
-        "import sys, training.demo_catalog.cli as c; "
+        "import sys, demo.catalog.cli as c; "
         "assert 'torch' not in sys.modules; c.main(['--help'])"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

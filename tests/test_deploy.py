@@ -513,7 +513,7 @@ def test_compose_service_reads_what_the_demo_job_writes(
     """sku-demo, run with the demo-job's argv (its --out moved to tmp_path) and its stages
     recording their paths instead of working: the service and the index-builder must name the
     artifacts and the index folder that it writes."""
-    import training.demo_catalog
+    import demo.catalog
     from index_builder import cli as index_cli
     from training import train
     from training.localizer import cli as loc_cli
@@ -541,7 +541,7 @@ def test_compose_service_reads_what_the_demo_job_writes(
     monkeypatch.setattr(train, "main", fake_train)
     monkeypatch.setattr(loc_cli, "main", fake_localizer)
     monkeypatch.setattr(index_cli, "main", fake_index)
-    monkeypatch.setattr(training.demo_catalog, "generate_demo_catalog", lambda *a, **k: {})
+    monkeypatch.setattr(demo.catalog, "generate_demo_catalog", lambda *a, **k: {})
     monkeypatch.setenv("REDIS_URL", "redis://redis:6379/0")
     monkeypatch.setattr(logging, "basicConfig", lambda **kw: None)  # leave the session's logging
     argv = compose_argv("demo-job")

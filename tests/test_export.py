@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from service.artifact import LabelMap, load_artifact, read_artifact_config, sha256_file
+from service.artifact import (
+    ArtifactConfig,
+    LabelMap,
+    load_artifact,
+    read_artifact_config,
+    sha256_file,
+    write_artifact,
+)
+from service.preprocess import PreprocessConfig
 from training.export import export_artifact, verify_onnx
 from training.models import SICoTConfig, SICoTModel
 
@@ -127,3 +135,34 @@ def test_failed_export_leaves_nothing(model: SICoTModel, tmp_path: Path) -> None
     with pytest.raises(ValueError, match="categories"):
         export_artifact(model, name="bad", **{**kw, "labels": bad})
     assert list(tmp_path.iterdir()) == []
+
+
+def _dummy_fill(marker: str):  # type: ignore[no-untyped-def]
+    def fill(tmp: Path) -> ArtifactConfig:
+        (tmp / "model.onnx").write_text(marker)
+        return ArtifactConfig(kind="localizer", name="loc", model_version=f"loc-{marker}",
+                              created_at="2026-01-01T00:00:00Z", outputs=["heatmap"],
+                              preprocess=PreprocessConfig())
+    return fill
+
+
+def test_the_one_writer_is_atomic_for_every_kind(tmp_path: Path) -> None:
+    """A failing check (or a crash in fill) leaves the previous folder as it was and no
+    temporary folder behind; a passing one replaces it whole."""
+    final = tmp_path / "loc"
+    write_artifact(final, _dummy_fill("one"))
+    assert read_artifact_config(final).model_version == "loc-one"
+
+    def failing_check(tmp: Path) -> None:
+        assert (tmp / "config.json").is_file()  # the check sees the whole folder
+        raise RuntimeError("ONNX Runtime differs")
+
+    with pytest.raises(RuntimeError, match="differs"):
+        write_artifact(final, _dummy_fill("two"), check=failing_check, overwrite=True)
+    with pytest.raises(FileExistsError):
+        write_artifact(final, _dummy_fill("two"))
+    assert (final / "model.onnx").read_text() == "one"
+    assert read_artifact_config(final).model_version == "loc-one"
+    write_artifact(final, _dummy_fill("three"), overwrite=True)
+    assert (final / "model.onnx").read_text() == "three"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loc"]

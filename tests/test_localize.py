@@ -10,14 +10,13 @@ from service.localize import (
     Detections,
     LocalizerConfig,
     box_iou,
-    expand_box,
     image_to_input_boxes,
     input_to_image_boxes,
     nms,
     postprocess,
     select_main_box,
 )
-from service.preprocess import PreprocessConfig, crop_box, resize_to_input
+from service.preprocess import PreprocessConfig, crop_box, crop_rect, resize_to_input
 
 STRIDE = 8
 S = 64  # input size → 8 x 8 cells
@@ -152,16 +151,16 @@ def test_main_box_prefers_large_central_confident_boxes():
     assert select_main_box(corner, size) == 1
 
 
-def test_expand_box_grows_and_clips_like_crop_box():
-    assert expand_box((10, 20, 30, 60), 0.1, (100, 100)) == (8.0, 16.0, 32.0, 64.0)
-    assert expand_box((0, 0, 50, 100), 0.5, (60, 100)) == (0.0, 0.0, 60.0, 100.0)
+def test_crop_rect_grows_and_clips_like_crop_box():
+    assert crop_rect((10, 20, 30, 60), 0.1, (100, 100)) == (8.0, 16.0, 32.0, 64.0)
+    assert crop_rect((0, 0, 50, 100), 0.5, (60, 100)) == (0.0, 0.0, 60.0, 100.0)
     img = Image.new("RGB", (100, 80))
-    box = expand_box((10, 20, 30, 60), 0.25, img.size)
+    box = crop_rect((10, 20, 30, 60), 0.25, img.size)
     assert crop_box(img, box).size == crop_box(img, (10, 20, 30, 60), 0.25).size
     with pytest.raises(ValueError):
-        expand_box((5, 5, 5, 9), 0.1, (10, 10))
+        crop_rect((5, 5, 5, 9), 0.1, (10, 10))
     with pytest.raises(ValueError):
-        expand_box((0, 0, 5, 5), -0.1, (10, 10))
+        crop_rect((0, 0, 5, 5), -0.1, (10, 10))
 
 
 def test_postprocess_rejects_batches_and_bad_shapes():

@@ -3,7 +3,6 @@ ONNX export (checked against torch) and the service-side runner on the exported 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -143,10 +142,5 @@ def test_emoji_catalog_images_give_cutouts(emoji_catalog):
     assert _cutout_rate(emoji_catalog / "catalog" / "manifest.jsonl") >= 0.95
 
 
-def test_demo_catalog_images_give_cutouts(request):
-    if importlib.util.find_spec("training.demo_catalog.generate") is None and not hasattr(
-        importlib.import_module("training.demo_catalog"), "generate_demo_catalog"
-    ):
-        pytest.skip("training.demo_catalog.generate_demo_catalog is not there yet")
-    root = request.getfixturevalue("demo_catalog")
-    assert _cutout_rate(root / "catalog" / "manifest.jsonl") >= 0.95
+def test_demo_catalog_images_give_cutouts(demo_catalog):
+    assert _cutout_rate(demo_catalog / "catalog" / "manifest.jsonl") >= 0.95

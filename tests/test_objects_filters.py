@@ -20,7 +20,8 @@ from service.artifact import load_artifact
 from service.client import SkuClient
 from service.client_cli import main as cli_main
 from service.label_filter import labels_of
-from service.localize import LocalizerConfig, expand_box, localize_image, main_box_values
+from service.localize import LocalizerConfig, localize_image, main_box_values
+from service.preprocess import CROP_MARGIN, crop_rect
 from service.redis_server import PrivateRedisServer, connect
 from service.store import SkuStore
 from training.localizer.cli import main as train_localizer
@@ -90,7 +91,9 @@ def _expected_objects(localizer: Path, photo: Path, n: int) -> list[tuple[list[f
     values = main_box_values(dets, img.size, size_power=cfg.size_power,
                              center_power=cfg.center_power)
     order = np.argsort(-values, kind="stable")[:n]
-    return [(list(expand_box(dets.boxes[i], cfg.margin, img.size)), float(dets.scores[i]))
+    # the test artifact keeps the default crop margin (its preprocess.crop_margin)
+    return [(list(map(float, crop_rect(dets.boxes[i], CROP_MARGIN, img.size))),
+             float(dets.scores[i]))
             for i in order]
 
 

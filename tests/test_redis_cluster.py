@@ -16,6 +16,7 @@ from index_builder_support import export_tiny_artifact, make_catalog, sku_row, w
 from service_support import HEADERS, service_settings
 
 from index_builder.cli import main
+from index_builder.redis_writer import write_records
 from service.redis_cluster import PrivateRedisCluster, cluster_support, node_clients, scan_keys
 from service.redis_server import RedisUnavailable, connect
 from service.store import SkuStore
@@ -82,7 +83,7 @@ def test_client_is_a_cluster_client_over_three_masters(store: SkuStore) -> None:
 
 
 def test_build_update_rollback_gc_verify_on_every_master(
-        tmp_path: Path, run, store: SkuStore) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, run, store: SkuStore, cluster: PrivateRedisCluster) -> None:  # type: ignore[no-untyped-def]
     catalog, rows = make_catalog(tmp_path / "cat", SKUS, 1)
     rc, rep = run("build", "--catalog", str(catalog), "--keep", "1")
     assert rc == 0, rep
@@ -111,7 +112,8 @@ def test_build_update_rollback_gc_verify_on_every_master(
 
     # debris of a dead build on every master (registered, never published) + a third version
     store.register_build("dead-build")
-    store.write_skus("dead-build", [store_record(s) for s in SKUS])
+    write_records(store.client, cluster.url, store.keys, "dead-build",
+                  [store_record(s) for s in SKUS], progress=False)
     assert all(n > 0 for n in keys_per_master(store, "dead-build"))
     rc, rep = run("build", "--catalog", str(catalog), "--force", "--no-gc")
     v3 = store.current_version()

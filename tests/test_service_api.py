@@ -330,7 +330,7 @@ def test_sku_added_after_training_is_answered_from_the_index(
 ) -> None:
     """A product the classifier has never seen (added to the catalog after training) is still
     recognised: the index check finds its catalog image among the nearest neighbours."""
-    from training.demo_catalog import generate_demo_catalog
+    from demo.catalog import generate_demo_catalog
 
     other = tmp_path / "other"
     generate_demo_catalog(other, skus=3, seed=99, splits=["catalog"])

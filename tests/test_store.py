@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from redis.crc import key_slot
 
+from index_builder.redis_writer import write_records
 from service.store import (
     KeySchema,
     SkuRecord,
@@ -37,6 +40,15 @@ def store(redis_client, redis_key_prefix) -> SkuStore:  # type: ignore[no-untype
     return SkuStore(redis_client, redis_key_prefix)
 
 
+@pytest.fixture
+def write_skus(store: SkuStore, redis_server) -> Callable[[str, list[SkuRecord]], int]:  # type: ignore[no-untyped-def]
+    """SKU hashes written by the index builder's own writer (its default method)."""
+    def write(version: str, records: list[SkuRecord]) -> int:
+        return write_records(store.client, redis_server.url, store.keys, version, records,
+                             progress=False).count
+    return write
+
+
 def test_key_schema_and_cluster_slots() -> None:
     keys = KeySchema("sku")
     assert keys.current == "sku:{sku}:current"
@@ -59,8 +71,8 @@ def test_check_version_rejects(bad: str) -> None:
         check_version(bad)
 
 
-def test_write_and_get_skus_round_trip(store: SkuStore) -> None:
-    assert store.write_skus("v1", RECORDS) == 2
+def test_write_and_get_skus_round_trip(store: SkuStore, write_skus: Callable[[str, list[SkuRecord]], int]) -> None:
+    assert write_skus("v1", RECORDS) == 2
     got = store.get_skus("v1", ["B:{2}", "missing", "A-1"])
     assert got[0] == RECORDS[1].to_dict()
     assert got[1] is None
@@ -70,8 +82,10 @@ def test_write_and_get_skus_round_trip(store: SkuStore) -> None:
     assert store.get_skus("v2", ["A-1"]) == [None]
 
 
-def test_get_skus_is_one_round_trip(store: SkuStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    store.write_skus("v1", RECORDS)
+def test_get_skus_is_one_round_trip(
+    store: SkuStore, monkeypatch: pytest.MonkeyPatch, write_skus: Callable[[str, list[SkuRecord]], int],
+) -> None:
+    write_skus("v1", RECORDS)
     calls: list[int] = []
     pipeline_cls = type(store.client.pipeline())
     original = pipeline_cls.execute
@@ -93,10 +107,10 @@ def test_decode_accepts_str_replies() -> None:
     assert decode_sku_hash({}) is None
 
 
-def test_publish_is_atomic_and_sets_history(store: SkuStore) -> None:
+def test_publish_is_atomic_and_sets_history(store: SkuStore, write_skus: Callable[[str, list[SkuRecord]], int]) -> None:
     assert store.current_version() is None and store.current_manifest() is None
     store.register_build("v1")
-    store.write_skus("v1", RECORDS)
+    write_skus("v1", RECORDS)
     assert store.current_version() is None  # written is not published
     published = store.publish(manifest("v1", store.keys.prefix))
     assert published.published_at

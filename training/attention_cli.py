@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from service.artifact import CHECKPOINT_FILE
 from training.models.sicot import SICoTConfig, SICoTModel
 from training.models.text import UNK, Vocab
 
@@ -38,7 +39,7 @@ def load_for_inspection(path: str | os.PathLike[str]) -> Inspectable:
     """Rebuild the model (eval mode, CPU) and vocabulary from a checkpoint or artifact dir."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors + plain data only

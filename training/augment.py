@@ -6,8 +6,8 @@ Two knobs (0 turns a group off, 1 is the default strength, up to 3 is allowed):
   contrast / saturation (never hue: colour identifies a product), colour temperature, small
   affine and perspective warps, Gaussian and motion blur, sensor noise.
 * ``style``: breakers of the art style, because customer photos are drawn/photographed
-  differently from catalog images (MEASUREMENTS.md: frozen features lose ~80 points of top-1
-  across that shift): grayscale, posterize, solarize, equalize, sharpness, and dark outlines
+  differently from catalog images (frozen ImageNet features were
+  measured to lose ~80 points of top-1 across that shift): grayscale, posterize, solarize, equalize, sharpness, and dark outlines
   drawn on the edges (line-art look).  Channel shuffles and hue rotations are left out on
   purpose: they change which product it is.
 

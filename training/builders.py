@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from service.artifact import LabelMap
 from service.catalog import CatalogItem
@@ -26,6 +25,7 @@ from training.customer_views import (
     load_cutouts_or_none,
 )
 from training.data import (
+    EpochDataset,
     ImageSource,
     SkuDataset,
     TrainTransform,
@@ -193,17 +193,18 @@ def preprocess_config(cfg: TrainConfig, model: SICoTModel) -> PreprocessConfig:
         updates["input_size"] = cfg.input_size
     if cfg.resize is not None:
         updates["resize"] = cfg.resize
+    updates["crop_margin"] = cfg.crop_margin  # stored in the artifact: every crop follows it
     return PreprocessConfig(**{**base.model_dump(), **updates})
 
 
 def train_dataset(cfg: TrainConfig, splits: Splits, source: ImageSource, pcfg: PreprocessConfig,
-                  text: TextData | None) -> Dataset[dict[str, Any]]:
+                  text: TextData | None) -> EpochDataset:
     """The training images (random resized crop) and, with a catalog, its customer views
     (``catalog_views_per_epoch`` of each packshot per epoch)."""
     transform = TrainTransform(pcfg, scale=(cfg.crop_scale_min, 1.0), hflip_p=cfg.hflip_p)
     train = SkuDataset(
         splits.train, splits.labels, source, pcfg, train_transform=transform,
-        crop_to_box=True, crop_margin=cfg.crop_margin, seed=cfg.seed,
+        crop_to_box=True, seed=cfg.seed,
         ids=text.ids if text else None, mask=text.mask if text else None,
     )
     if not splits.catalog:
@@ -212,7 +213,7 @@ def train_dataset(cfg: TrainConfig, splits: Splits, source: ImageSource, pcfg: P
     ids, mask = (text.vocab.encode([item_text(it, cfg.title_with_tags) for it in splits.catalog],
                                    cfg.max_title_len) if text else (None, None))
     views = CustomerViewDataset(splits.catalog, cuts, splits.labels, pcfg,
-                                CustomerViewConfig(margin=cfg.crop_margin), seed=cfg.seed,
+                                CustomerViewConfig(margin=pcfg.crop_margin), seed=cfg.seed,
                                 ids=ids, mask=mask, repeats=cfg.catalog_views_per_epoch)
     return EpochConcat([train, views])
 
@@ -223,8 +224,8 @@ def eval_datasets(cfg: TrainConfig, splits: Splits, source: ImageSource,
     out: dict[str, SkuDataset] = {}
     if splits.heldout:
         out["heldout"] = SkuDataset(splits.heldout, splits.labels, source, pcfg,
-                                    crop_to_box=True, crop_margin=cfg.crop_margin)
+                                    crop_to_box=True)
     if splits.queries:
         out["queries"] = SkuDataset(splits.queries, splits.labels, source, pcfg,
-                                    crop_to_box=cfg.query_crop, crop_margin=cfg.crop_margin)
+                                    crop_to_box=cfg.query_crop)
     return out

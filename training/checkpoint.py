@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-CHECKPOINT_FILE = "checkpoint.pt"
+from service.artifact import CHECKPOINT_FILE
+
 BEST_FILE = "best.pt"
 
 

@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset
 
 from service.artifact import LabelMap
 from service.catalog import CatalogItem
 from service.preprocess import PreprocessConfig, crop_box, preprocess
+from training.data import EpochDataset
 from training.localizer.cutout import make_cutout
 from training.localizer.synth import SceneConfig, render_scene
 
@@ -72,7 +73,7 @@ def customer_view(cutouts: list[Image.Image], main: int, rng: np.random.Generato
     """One crop of a synthetic photo whose main product is ``cutouts[main]``."""
     scene, boxes = render_scene(cutouts, rng, cfg.scene, main=main)
     box = jitter_box(boxes[0], rng, cfg, scene.size)
-    return crop_box(scene, box, cfg.margin)
+    return crop_box(scene, [float(v) for v in box], cfg.margin)
 
 
 def load_cutouts_or_none(paths: list[str], source: Any) -> list[Image.Image | None]:
@@ -84,7 +85,7 @@ def load_cutouts_or_none(paths: list[str], source: Any) -> list[Image.Image | No
                                                         disable=len(paths) < 500)]
 
 
-class EpochConcat(ConcatDataset[dict[str, Any]]):
+class EpochConcat(ConcatDataset[dict[str, Any]], EpochDataset):
     """``ConcatDataset`` that passes ``set_epoch`` on (the datasets seed views by epoch)."""
 
     def set_epoch(self, epoch: int) -> None:
@@ -92,7 +93,7 @@ class EpochConcat(ConcatDataset[dict[str, Any]]):
             ds.set_epoch(epoch)  # type: ignore[attr-defined]
 
 
-class CustomerViewDataset(Dataset[dict[str, Any]]):
+class CustomerViewDataset(EpochDataset):
     """Catalog items → customer-like views (item dict as :class:`training.data.SkuDataset`).
 
     ``cutouts[i]`` is the cutout of ``items[i]``; an item without a cutout (``None``) falls

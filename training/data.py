@@ -184,7 +184,14 @@ class TrainTransform:
         return torch.from_numpy(preprocess(img, self.cfg))
 
 
-class SkuDataset(Dataset[dict[str, Any]]):
+class EpochDataset(Dataset[dict[str, Any]]):
+    """A training dataset whose random views are seeded by the epoch (``set_epoch``)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        raise NotImplementedError
+
+
+class SkuDataset(EpochDataset):
     """Items → dicts ``image`` (3,S,S), ``label``, ``category``, ``index`` and, when ``ids``
     are given (titles encoded by the vocabulary), ``ids`` / ``mask``."""
 
@@ -197,7 +204,7 @@ class SkuDataset(Dataset[dict[str, Any]]):
         *,
         train_transform: TrainTransform | None = None,
         crop_to_box: bool = True,
-        crop_margin: float = 0.1,
+        crop_margin: float | None = None,
         ids: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         seed: int = 0,
@@ -212,7 +219,9 @@ class SkuDataset(Dataset[dict[str, Any]]):
         self.targets = torch.tensor([index[it.sku_id] for it in self.items], dtype=torch.long)
         self.categories = torch.tensor(labels.sku_category, dtype=torch.long)[self.targets]
         self.source, self.cfg = source, preprocess_cfg
-        self.train_transform, self.crop_to_box, self.crop_margin = train_transform, crop_to_box, crop_margin
+        self.train_transform, self.crop_to_box = train_transform, crop_to_box
+        # the artifact's crop rule unless a caller asks for another margin
+        self.crop_margin = preprocess_cfg.crop_margin if crop_margin is None else crop_margin
         self.ids, self.mask, self.seed, self.epoch = ids, mask, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -261,13 +270,13 @@ class SkipSampler(Sampler[int]):
         return max(0, len(self.base) - self.skip)
 
 
-def train_sampler(dataset: SkuDataset, *, rank: int, world: int, seed: int) -> DistributedSampler[Any]:
+def train_sampler(dataset: EpochDataset, *, rank: int, world: int, seed: int) -> DistributedSampler[Any]:
     """A seeded shuffling sampler (DistributedSampler also for a single process)."""
     return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
 
 
 def train_loader(
-    dataset: SkuDataset, sampler: DistributedSampler[Any], *, batch_size: int, epoch: int,
+    dataset: EpochDataset, sampler: DistributedSampler[Any], *, batch_size: int, epoch: int,
     skip_batches: int, workers: int, seed: int,
 ) -> DataLoader[dict[str, Any]]:
     """The loader of one epoch; drops the last partial batch (BatchNorm needs > 1 sample)."""

@@ -172,7 +172,7 @@ def format_summary(name: str, res: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- sku-eval CLI
 
 
-def _score_manifest(artifact: Any, manifest: Path, crop_to_box: bool, margin: float,
+def _score_manifest(artifact: Any, manifest: Path, crop_to_box: bool, margin: float | None,
                     batch_size: int) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
     from service.catalog import read_catalog
     from service.imageio import ImageError, load_image
@@ -180,6 +180,7 @@ def _score_manifest(artifact: Any, manifest: Path, crop_to_box: bool, margin: fl
 
     labels_map = artifact.config.labels
     index = labels_map.index_of()
+    margin = artifact.preprocess.crop_margin if margin is None else margin
     items = read_catalog(manifest, on_error="skip").items
     known = [it for it in items if it.sku_id in index]
     skipped = len(items) - len(known)
@@ -211,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--artifact", required=True, type=Path, help="artifact folder")
     parser.add_argument("--manifest", required=True, type=Path, help="JSONL or CSV with labels")
     parser.add_argument("--crop-to-box", action="store_true", help="crop images to their box")
-    parser.add_argument("--margin", type=float, default=0.1, help="box margin (fraction)")
+    parser.add_argument("--margin", type=float, default=None,
+                        help="box margin (fraction; default: the artifact's preprocess.crop_margin)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
     parser.add_argument("--head-threshold", type=int, default=20)

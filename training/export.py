@@ -3,18 +3,15 @@
 ``embedding`` (L2-normalised v), ``sku_logits``, ``category_logits``), ``config.json`` and,
 if given, ``checkpoint.pt``.
 
-The folder is assembled under a temporary name next to the target, checked (ONNX checker,
-ONNX Runtime output vs torch on a random batch) and only then renamed into place, so a crash
-never leaves a half-written artifact where the index builder or the service would find it.
+The folder is written by the core's one atomic writer (:func:`service.artifact.write_artifact`):
+assembled under a temporary name, checked (ONNX checker, ONNX Runtime output vs torch on a
+random batch) and only then renamed into place.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import platform
-import shutil
-import uuid
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,11 +21,14 @@ import numpy as np
 import torch
 
 from service.artifact import (
+    CHECKPOINT_FILE,
+    ONNX_FILE,
     ArtifactConfig,
     LabelMap,
     OnnxModel,
+    library_versions,
     sha256_file,
-    write_artifact_config,
+    write_artifact,
 )
 from service.preprocess import PreprocessConfig
 from training.models.sicot import SICoTModel
@@ -36,21 +36,6 @@ from training.models.sicot import SICoTModel
 log = logging.getLogger(__name__)
 
 OUTPUTS = ["embedding", "sku_logits", "category_logits"]
-ONNX_FILE = "model.onnx"
-CHECKPOINT_FILE = "checkpoint.pt"
-
-
-def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def _check_labels(model: SICoTModel, labels: LabelMap) -> None:
@@ -109,57 +94,43 @@ def export_artifact(
     overwrite: bool = False,
     verify_tol: float = 1e-3,
 ) -> Path:
-    """Write the artifact folder ``out_dir/name`` and return its path.
+    """Write the artifact folder ``out_dir/name`` (atomically, :func:`write_artifact`) and
+    return its path.
 
     The ONNX output is compared with torch before publishing; a difference above
     ``verify_tol`` raises. An existing ``out_dir/name`` raises unless ``overwrite``."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"invalid artifact name {name!r}")
     _check_labels(model, labels)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / name
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
-    tmp = out_dir / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    was_training = model.training
-    try:
-        model.eval()
+    final = Path(out_dir) / name
+    diffs: list[float] = []
+
+    def fill(tmp: Path) -> ArtifactConfig:
         export_onnx(model, tmp / ONNX_FILE, preprocess.input_size, opset)
-        probe = np.random.default_rng(0).standard_normal(
-            (2, 3, preprocess.input_size, preprocess.input_size)).astype(np.float32)
-        diff = verify_onnx(tmp, model, probe)
-        if diff > verify_tol:
-            raise RuntimeError(f"ONNX Runtime differs from torch by {diff:.2e} > {verify_tol}")
         if checkpoint is not None:
             torch.save(checkpoint, tmp / CHECKPOINT_FILE)
         sha = sha256_file(tmp / ONNX_FILE)
-        config = ArtifactConfig(
+        return ArtifactConfig(
             kind="sicot", name=name, model_version=f"{name}-{sha[:12]}",
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             onnx_file=ONNX_FILE, onnx_sha256=sha,
             checkpoint_file=CHECKPOINT_FILE if checkpoint is not None else None,
             input_name="image", outputs=OUTPUTS, model=model_config, preprocess=preprocess,
-            labels=labels, versions=_versions(), evaluation=evaluation or {},
+            labels=labels, versions=library_versions(), evaluation=evaluation or {},
         )
-        write_artifact_config(tmp, config)
-        _publish(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    def check(tmp: Path) -> None:
+        probe = np.random.default_rng(0).standard_normal(
+            (2, 3, preprocess.input_size, preprocess.input_size)).astype(np.float32)
+        diffs.append(verify_onnx(tmp, model, probe))
+        if diffs[-1] > verify_tol:
+            raise RuntimeError(f"ONNX Runtime differs from torch by {diffs[-1]:.2e} > {verify_tol}")
+
+    was_training = model.training
+    try:
+        model.eval()
+        config = write_artifact(final, fill, check=check, overwrite=overwrite)
     finally:
         model.train(was_training)
-    log.info("exported %s (%s, ONNX max diff %.1e)", final, config.model_version, diff)
+    log.info("exported %s (%s, ONNX max diff %.1e)", final, config.model_version, diffs[-1])
     return final
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an old ``final`` is moved aside first, then deleted."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

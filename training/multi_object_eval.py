@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from service.artifact import load_artifact
 from service.catalog import CatalogItem
-from service.imageio import decode_image, read_image_bytes
+from service.imageio import decode_photo, decoded_scale, read_image_bytes
 from service.localize import LocalizerConfig, box_iou
+from service.preprocess import scale_box
 from service.recognition import OnlineConfig, Recognition, RecognizeOptions
 from service.recognizer import Recognizer
 from training.data import load_items
@@ -68,13 +69,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     rec = Recognizer(sicot, loc, OnlineConfig(localizer=loc_cfg, fusion_weight=weight))
     snap = build_snapshot(sicot, args.catalog)
     items = [it for it in load_items(args.queries) if it.box is not None][: args.limit]
-    images = [decode_image(read_image_bytes(it.image)) for it in items]
+    images = [decode_photo(read_image_bytes(it.image), sicot.preprocess.input_size)
+              for it in items]
     table: dict[str, dict[str, float]] = {}
     for n in args.max_objects:
         photos, hits, total, objects, ms = 0, 0, 0, [], []
         for item, img in tqdm(list(zip(items, images, strict=True)), desc=f"max_objects={n}"):
             res = rec.recognize(img, snap, NoMetadata(), RecognizeOptions(top_k=1, max_objects=n))
-            every = products(item)
+            scale = decoded_scale(img)  # true boxes in the decoded photo's pixels
+            every = [(scale_box(b, scale), s) for b, s in products(item)]
             photos += found(res, *every[0])
             hits += sum(found(res, *p) for p in every)
             total += len(every)

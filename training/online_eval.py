@@ -5,7 +5,7 @@ artifact recognizes (a) the whole photo, (b) the localizer's main box with the m
 true box + 10 % (upper bound) — plain classifier top-k — and (d) the service's own
 :class:`service.recognizer.Recognizer` (predicted crop, fused category, category-constrained
 top-k, index check). The index is the catalog embedded by the same artifact
-(``index_builder.embed``), searched exactly (FAISS Flat, inner product).
+(``service.embed``), searched exactly (FAISS Flat, inner product).
 
 Queries are split in two by a hash of their file name: the **validation** half chooses the
 category-fusion weight (sweep over ``--weights``), every table reports the **test** half.
@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from index_builder.embed import embed_items
 from service.artifact import Artifact, load_artifact
 from service.binary_index import BinarySpec
+from service.embed import embed_items
 from service.fusion import fuse, search_vote, softmax
-from service.imageio import decode_image, read_image_bytes
-from service.localize import PREDICTED_BOX_MARGIN, LocalizerConfig, expand_box, localize_image
-from service.preprocess import preprocess
+from service.imageio import decode_photo, decoded_scale, read_image_bytes
+from service.localize import LocalizerConfig, localize_image
+from service.preprocess import crop_rect, preprocess, scale_box
 from service.recognition import IndexSnapshot, OnlineConfig
 from service.recognizer import Recognizer
 from service.vector_index import IndexSpec, VectorIndex
@@ -79,13 +79,13 @@ def build_snapshot(sicot: Artifact, catalog: str) -> IndexSnapshot:
     )
 
 
-def _views(rec: Recognizer, img, item, margin: float) -> dict[str, Any]:
-    w, h = img.size
+def _views(rec: Recognizer, img, item) -> dict[str, Any]:
+    """The photo, the crop of the localizer's main box and the crop of the true box, both with
+    the recognizer's crop rule (:func:`service.preprocess.crop_rect`, its artifact's margin)."""
     box, src, _ = rec.locate(img)
-    pred = expand_box(box, margin, (w, h)) if src == "localizer" else box
-    true = expand_box(item.box, 0.1, (w, h))
-    return {"whole": img, "pred_crop": img.crop(tuple(round(v) for v in pred)),
-            "true_crop": img.crop(tuple(round(v) for v in true))}
+    pred = crop_rect(box, rec.crop_margin if src == "localizer" else 0.0, img.size)
+    true = crop_rect(scale_box(item.box, decoded_scale(img)), rec.crop_margin, img.size)
+    return {"whole": img, "pred_crop": img.crop(pred), "true_crop": img.crop(true)}
 
 
 def in_test_half(image: str, val_share: float = 0.5) -> bool:
@@ -103,20 +103,20 @@ def first_pass(rec: Recognizer, snap: IndexSnapshot, items, cfg: OnlineConfig, v
     for item in tqdm(items, desc="queries", unit="img"):
         data = read_image_bytes(item.image)
         t0 = time.perf_counter()
-        img = decode_image(data)
+        img = decode_photo(data, rec.sicot.preprocess.input_size)
         decode_ms.append((time.perf_counter() - t0) * 1000)
         test = in_test_half(item.image, val_share)
         r = QueryRecord(idx.get(item.sku_id, -1), cat_idx.get(item.category, -1), test)
         if rec.localizer is not None:
             dets = localize_image(rec.localizer, img, loc_cfg)
-            tb = true_boxes(item)
+            tb = true_boxes(item) * np.tile(decoded_scale(img), 2)  # in decoded pixels
             iou, hit = score_image(dets, tb, img.size, loc_cfg)
             if test:
                 ious.append(iou)
                 n_dets.append(len(dets))
                 recalled += hit
                 n_true += len(tb)
-        for view, crop in _views(rec, img, item, cfg.margin).items():
+        for view, crop in _views(rec, img, item).items():
             out = rec.sicot.model.run(preprocess(crop, rec.sicot.preprocess)[None])
             r.topk[view] = np.argsort(-out["sku_logits"][0], kind="stable")[:3].tolist()
             r.p_model[view] = softmax(out["category_logits"][0])
@@ -175,7 +175,7 @@ def second_pass(rec: Recognizer, snap: IndexSnapshot, items, records) -> tuple[l
     for item, r in tqdm(list(zip(items, records, strict=True)), desc="service path"):
         if not r.test:
             continue
-        img = decode_image(read_image_bytes(item.image))
+        img = decode_photo(read_image_bytes(item.image), rec.sicot.preprocess.input_size)
         res = rec.recognize(img, snap, NoMetadata())
         tops.append([idx.get(c.sku_id, -2) for c in res.candidates[:3]])
         for k, v in res.timings_ms.items():
@@ -192,8 +192,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     sicot = load_artifact(args.sicot)
     loc = load_artifact(args.localizer) if args.localizer else None
     loc_cfg = LocalizerConfig.from_model_cfg(loc.config.model) if loc else LocalizerConfig()
-    cfg = OnlineConfig(margin=args.margin, search_k=args.search_k,
-                       localizer=loc_cfg.model_copy(update={"margin": args.margin}))
+    cfg = OnlineConfig(margin=args.margin, search_k=args.search_k, localizer=loc_cfg)
     snap = build_snapshot(sicot, args.catalog)
     items = [it for it in load_items(args.queries) if it.box is not None][: args.limit]
     rec = Recognizer(sicot, loc, cfg)
@@ -248,8 +247,8 @@ def query_eval_parser(prog: str, doc: str, *, localizer_required: bool
 def build_parser() -> argparse.ArgumentParser:
     p = query_eval_parser("sku-eval-online", __doc__, localizer_required=False)
     p.add_argument("--docs", default=None, help="also write this markdown file")
-    p.add_argument("--margin", type=float, default=PREDICTED_BOX_MARGIN,
-                   help="crop margin around the predicted box")
+    p.add_argument("--margin", type=float, default=None,
+                   help="crop margin around a box (default: the artifact's preprocess.crop_margin)")
     p.add_argument("--search-k", type=int, default=30, help="neighbours of the search vote")
     p.add_argument("--val-share", type=float, default=0.5, help="queries used to tune weights")
     p.add_argument("--weights", type=float, nargs="+",

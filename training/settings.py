@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.preprocess import ResizeMode
+from service.preprocess import CROP_MARGIN, ResizeMode
 from service.settings import SettingsError
 from training.recipe import RECIPE
 
@@ -56,7 +56,8 @@ class TrainConfig(BaseSettings):
     catalog_views_per_epoch: int = Field(
         RECIPE.catalog_views_per_epoch, ge=0, description="customer views of each catalog image per epoch")
     query_crop: bool = Field(True, description="crop query photos to their true box")
-    crop_margin: float = Field(0.1, ge=0, le=1, description="box margin, fraction of its size")
+    crop_margin: float = Field(CROP_MARGIN, ge=0, le=1, description="box margin, fraction of its "
+                               "size, per side; stored in the artifact's preprocess config")
     title_with_tags: bool = Field(False, description="append the tags to the title text")
     max_title_len: int = Field(24, ge=1, le=512, description="words kept per title")
     cache: Literal["none", "bytes", "decoded"] = Field(

@@ -31,6 +31,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY training ./training
 COPY index_builder ./index_builder
+COPY demo ./demo
 # torch first, pinned to the `train` extra's requirement (read from pyproject.toml, so the two
 # never drift); the CPU index's "2.13.0+cpu" satisfies "==2.13.0", so the second install keeps it.
 RUN set -eu; \
@@ -48,7 +49,7 @@ RUN set -eu; \
         pip install ".[gpu]" "onnxruntime-gpu[cuda,cudnn]"; \
     fi; \
     pip check; \
-    python -c "import torch, onnxruntime, faiss, redis, gensim, kornia, training, index_builder; print('torch', torch.__version__)"
+    python -c "import torch, onnxruntime, faiss, redis, gensim, kornia, training, index_builder, demo; print('torch', torch.__version__)"
 
 # ---------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime

@@ -16,7 +16,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+import redis
 
 from service.api.settings import ServiceSettings, check_key
 from service.store import KeySchema
@@ -124,7 +125,7 @@ class ApiKeys:
         return found
 
 
-def take_token(client: Any, keys: KeySchema, policy: KeyPolicy) -> float | None:
+def take_token(client: redis.Redis, keys: KeySchema, policy: KeyPolicy) -> float | None:
     """None when the request may go on, else the seconds to wait (the key's bucket is empty)."""
     if policy.rate_per_s is None:
         return None

@@ -11,10 +11,9 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, Field
 
-from service.api.errors import ApiError, Unavailable
+from service.api.deps import get_state, require_api_key
+from service.api.errors import ApiError, Unavailable, error_responses
 from service.api.retention import owner_of
-from service.api.routes import _is_redis_error, get_state, require_api_key
-from service.api.schemas import ErrorResponse
 from service.api.state import ServiceState
 from service.feedback import (
     REQUEST_ID_RE,
@@ -23,6 +22,7 @@ from service.feedback import (
     QueryGone,
     RetainedQuery,
 )
+from service.redis_server import is_redis_error
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -62,7 +62,7 @@ async def _redis(state: ServiceState, fn: Callable[..., T], *args: Any) -> T:
     except ApiError:
         raise
     except Exception as exc:
-        if _is_redis_error(exc):
+        if is_redis_error(exc):
             raise Unavailable(f"Redis unavailable: {exc}", state.settings.retry_after_s) from None
         raise
 
@@ -72,7 +72,7 @@ async def _owned_query(state: ServiceState, flog: FeedbackLog, request_id: str,
     query = await _redis(state, flog.get, request_id)
     # another key's query answers exactly like a missing one: ids are not probed
     if query is None or query.owner != owner:
-        raise ApiError(404, "query_not_found", f"no retained query {request_id!r} made with "
+        raise ApiError("query_not_found", f"no retained query {request_id!r} made with "
                        "this API key (retention off, expired, deleted, or another key's)")
     return query
 
@@ -80,26 +80,21 @@ async def _owned_query(state: ServiceState, flog: FeedbackLog, request_id: str,
 def _check(body: FeedbackRequest, query: RetainedQuery) -> None:
     cands = query.candidates
     if body.kind == "confirm" and body.sku_id != query.top1:
-        raise ApiError(422, "invalid_feedback", f"confirm names {body.sku_id!r}, but the "
+        raise ApiError("invalid_feedback", f"confirm names {body.sku_id!r}, but the "
                        f"answer's top-1 was {query.top1!r}; send kind 'correct'")
     if body.kind == "click":
         if body.sku_id not in cands:
-            raise ApiError(422, "invalid_feedback", f"click names {body.sku_id!r}, which the "
+            raise ApiError("invalid_feedback", f"click names {body.sku_id!r}, which the "
                            "answer did not list")
         if body.rank is not None and cands.index(body.sku_id) + 1 != body.rank:
-            raise ApiError(422, "invalid_feedback", f"{body.sku_id!r} was at rank "
+            raise ApiError("invalid_feedback", f"{body.sku_id!r} was at rank "
                            f"{cands.index(body.sku_id) + 1}, not {body.rank}")
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": desc} for code, desc in {
-        401: "missing API key", 403: "wrong API key",
-        404: "the query is not retained (or was made with another key)",
-        409: "this kind of feedback was already given for the request, naming another SKU",
-        422: "invalid body, unknown SKU in the served index, or inconsistent with the answer",
-        429: "too much feedback from this key; see Retry-After", 503: "Redis unavailable",
-    }.items()
-}
+ERRORS = error_responses(
+    "missing_api_key", "invalid_api_key", "query_not_found", "feedback_conflict",
+    "invalid_options", "invalid_feedback", "unknown_sku", "rate_limited", "unavailable",
+)
 
 
 @router.post("/feedback", response_model=FeedbackResponse, status_code=201, responses=ERRORS,
@@ -115,22 +110,22 @@ async def feedback(body: FeedbackRequest, request: Request, response: Response,
         raise Unavailable("the service is not ready", s.retry_after_s)
     if not await _redis(state, flog.allow, owner, s.feedback_per_minute):
         state.metrics.feedback.labels(body.kind, "rate_limited").inc()
-        raise ApiError(429, "rate_limited", f"more than {s.feedback_per_minute} feedback "
+        raise ApiError("rate_limited", f"more than {s.feedback_per_minute} feedback "
                        "requests per minute from this key", {"Retry-After": "60"})
     query = await _owned_query(state, flog, body.request_id, owner)
     _check(body, query)
     snap = state.snapshot
     (meta,) = await _redis(state, state.store.get_skus, snap.version, [body.sku_id])
     if meta is None:
-        raise ApiError(422, "unknown_sku", f"SKU {body.sku_id!r} is not in the served index "
+        raise ApiError("unknown_sku", f"SKU {body.sku_id!r} is not in the served index "
                        f"(version {snap.version})")
     try:
         entry, created = await _redis(state, flog.record, query, body.kind, body.sku_id,
                                       body.rank, s.feedback_stream_maxlen)
     except FeedbackConflict as exc:
-        raise ApiError(409, "feedback_conflict", str(exc)) from None
+        raise ApiError("feedback_conflict", str(exc)) from None
     except QueryGone as exc:
-        raise ApiError(404, "query_not_found", str(exc)) from None
+        raise ApiError("query_not_found", str(exc)) from None
     agrees = body.sku_id == query.top1
     if created:
         state.metrics.feedback.labels(body.kind, "accepted").inc()

@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.errors import status_of
 from service.api.metrics import Metrics
 from service.api.settings import ClientTimeouts
 
@@ -26,9 +27,9 @@ MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and small option fiel
 class _BodyRefused(Exception):
     """The body broke a limit while being read; answered here, since the app cannot."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message = status_of(code), code, message
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], *, close: bool = False) -> None:
@@ -77,8 +78,9 @@ class RequestContextMiddleware:
         if path in self.limited:
             length = headers.get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body:
-                await self._refuse(send_wrapper, rid, self._too_large(int(length)))
-                self._record(route, 413, start)
+                refused = self._too_large(int(length))
+                await self._refuse(send_wrapper, rid, refused)
+                self._record(route, refused.status, start)
                 return
             receive_fn = self._guarded(receive)
         try:
@@ -110,7 +112,7 @@ class RequestContextMiddleware:
                 message = await asyncio.wait_for(receive(), remaining)
             except TimeoutError:
                 raise _BodyRefused(
-                    408, "request_timeout",
+                    "request_timeout",
                     f"the request body did not arrive in time (at most {t.body_total_s:g} s, and "
                     f"at least {t.body_min_rate_bps} bytes/s after {t.body_grace_s:g} s)",
                 ) from None
@@ -126,7 +128,7 @@ class RequestContextMiddleware:
     def _too_large(self, length: int | None) -> _BodyRefused:
         size = f"{length} bytes" if length is not None else "more bytes than allowed"
         limit = self.max_body - MULTIPART_OVERHEAD
-        return _BodyRefused(413, "payload_too_large",
+        return _BodyRefused("payload_too_large",
                             f"request body is {size}; the image limit is {limit} bytes")
 
     @staticmethod

@@ -3,8 +3,6 @@ pixels of the photo the client sent (a large photo is decoded reduced)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from service.api.schemas import (
     BoxUsed,
     Candidate,
@@ -17,23 +15,17 @@ from service.api.schemas import (
     RecognizeResponse,
 )
 from service.api.state import ServiceState
-from service.recognition import Candidate as Scored
-from service.recognition import ObjectRecognition, Recognition
+from service.preprocess import scale_box
+from service.recognition import IndexSnapshot, ObjectRecognition, Recognition, ScoredCandidate
 
 Box = tuple[float, float, float, float]
 
 
-def scaled(box: Box, scale: tuple[float, float]) -> Box:
-    sx, sy = scale
-    x0, y0, x1, y1 = box
-    return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
-
-
-def candidate(c: Scored) -> Candidate:
+def candidate(c: ScoredCandidate) -> Candidate:
     meta = c.metadata
     match = c.match
     return Candidate(
-        sku_id=c.sku_id, score=round(c.score, 6), source=c.source,  # type: ignore[arg-type]
+        sku_id=c.sku_id, score=round(c.score, 6), source=c.source,
         title=meta.get("title", ""), tags=list(meta.get("tags") or []),
         labels=list(meta.get("labels") or []),
         category=meta.get("category", ""), image=meta.get("image", ""),
@@ -57,9 +49,10 @@ def box_used(o: ObjectRecognition, size: tuple[int, int], scale: tuple[float, fl
     """``scale``: decoded pixels per pixel of the photo sent; the box is in the latter."""
     w, h = size
     x0, y0, x1, y1 = o.box
-    pixels = tuple(round(v, 3) for v in scaled(o.box, (1 / scale[0], 1 / scale[1])))
-    return BoxUsed(pixels=pixels, normalized=(x0 / w, y0 / h, x1 / w, y1 / h),  # type: ignore[arg-type]
-                   source=o.box_source, score=o.box_score)  # type: ignore[arg-type]
+    p0, p1, p2, p3 = scale_box(o.box, (1 / scale[0], 1 / scale[1]))
+    return BoxUsed(pixels=(round(p0, 3), round(p1, 3), round(p2, 3), round(p3, 3)),
+                   normalized=(x0 / w, y0 / h, x1 / w, y1 / h),
+                   source=o.box_source, score=o.box_score)
 
 
 def detected_object(o: ObjectRecognition, r: Recognition, top_k: int,
@@ -73,7 +66,7 @@ def detected_object(o: ObjectRecognition, r: Recognition, top_k: int,
     )
 
 
-def build_response(state: ServiceState, request_id: str, r: Recognition, snap: Any,
+def build_response(state: ServiceState, request_id: str, r: Recognition, snap: IndexSnapshot,
                    decode_ms: float, scale: tuple[float, float] = (1.0, 1.0), *,
                    top_k: int, filter_text: str | None = None) -> RecognizeResponse:
     sx, sy = scale

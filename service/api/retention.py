@@ -10,6 +10,7 @@ from PIL import Image
 from service.api.schemas import RecognizeResponse
 from service.api.state import ServiceState
 from service.feedback import ANONYMOUS, REQUEST_ID_RE, FeedbackLog, encode_jpeg, key_id
+from service.preprocess import crop_rect
 from service.recognition import Recognition
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ def retain(state: ServiceState, request_id: str, owner: str, img: Image.Image, r
     if not s.retain_queries or state.redis_client is None or not REQUEST_ID_RE.match(request_id):
         return False
     try:
-        crop = encode_jpeg(img.crop(tuple(int(round(v)) for v in r.box)),  # type: ignore[arg-type]
-                           s.retain_crop_side)
+        # the pixels the recognizer saw: r.box is the crop it made (margin included)
+        crop = encode_jpeg(img.crop(crop_rect(r.box, 0.0, img.size)), s.retain_crop_side)
         photo = encode_jpeg(img, s.retain_photo_side) if s.retain_full_photo else None
         answer = {"status": resp.status, "box": list(resp.box.pixels), "box_source": r.box_source,
                   "image_size": list(r.image_size), "model_version": resp.model_version,

@@ -9,13 +9,14 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.localize import PREDICTED_BOX_MARGIN
 from service.settings import (
     ImageLimits,
+    KeyPrefix,
     OnnxRuntimeSettings,
+    RedisUrl,
+    key_prefix_field,
     load_settings,
     redis_url_field,
-    validate_redis_url,
 )
 
 PREFIX = "SKU_SERVICE_"
@@ -57,8 +58,8 @@ class ServiceSettings(BaseSettings):
     )
 
     # where things are
-    redis_url: str | None = redis_url_field(PREFIX)
-    key_prefix: str = Field("sku", pattern=r"^[A-Za-z0-9_.:-]+$", max_length=64)
+    redis_url: RedisUrl = redis_url_field(PREFIX)
+    key_prefix: KeyPrefix = key_prefix_field()
     model_dir: Path = Field(Path("artifacts/sicot"), description="SICoT artifact folder")
     localizer_dir: Path | None = Field(
         None, description="localizer artifact folder; unset = recognise the whole photo"
@@ -108,8 +109,9 @@ class ServiceSettings(BaseSettings):
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503")
 
     # online path
-    localizer_margin: float = Field(PREDICTED_BOX_MARGIN, ge=0.0, le=1.0,
-                                    description="crop margin around the localizer's box")
+    localizer_margin: float | None = Field(
+        None, ge=0.0, le=1.0, description="override of the crop margin around a localizer box; "
+        "unset: the recognizer artifact's preprocess.crop_margin (what it was trained with)")
     localizer_score_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="lowest detection score kept; unset = the artifact's")
     search_k: int = Field(30, ge=1, le=1000, description="neighbours of the category vote")
@@ -128,11 +130,6 @@ class ServiceSettings(BaseSettings):
     feedback_per_minute: int = Field(60, ge=1, description="POST /feedback per key per minute")
     feedback_stream_maxlen: int = Field(
         1_000_000, ge=1000, description="entries the feedback stream keeps (MAXLEN ~)")
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, v: str | None) -> str | None:
-        return validate_redis_url(v)
 
     @field_validator("api_keys")
     @classmethod

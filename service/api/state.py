@@ -9,9 +9,9 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
+import redis
 
 from service.api.auth import ApiKeys
 from service.api.metrics import Metrics
@@ -19,16 +19,14 @@ from service.api.settings import ServiceSettings
 from service.artifact import ArtifactError, load_artifact
 from service.batching import MicroBatcher
 from service.binary_index import configure_faiss
+from service.fusion import FUSION_WEIGHT
 from service.localize import LocalizerConfig
-from service.recognition import OnlineConfig
+from service.recognition import IndexSnapshot, OnlineConfig
 from service.recognizer import Recognizer
 from service.redis_server import PrivateRedisServer, RedisUnavailable, connect, redact_url
 from service.snapshot import IndexFollower
 from service.store import SkuStore
 
-# share of the search vote in the category fusion, chosen on the emoji-catalog validation half
-# (docs/results/online-path.md); an artifact's evaluation.fusion_weight overrides it
-FUSION_WEIGHT = 0.7
 # what clients are told; the address and the driver's error go to the log only
 REDIS_DOWN = "the SKU store (Redis) is not answering"
 AUTH_OFF = "authentication is disabled (SKU_SERVICE_AUTH=disabled): anyone can call the API"
@@ -46,7 +44,7 @@ class ServiceState:
     executor: ThreadPoolExecutor | None = None
     batcher: MicroBatcher | None = None
     redis_server: PrivateRedisServer | None = None
-    redis_client: Any = None
+    redis_client: redis.Redis | None = None
     problems: dict[str, str] = field(default_factory=dict)
     api_keys: ApiKeys | None = None
     inflight: int = 0
@@ -99,7 +97,7 @@ class ServiceState:
 
             run = run_counted
         loc_cfg = LocalizerConfig.from_model_cfg(
-            localizer.config.model if localizer else {}, margin=s.localizer_margin,
+            localizer.config.model if localizer else {},
             score_threshold=s.localizer_score_threshold,
         )
         online = OnlineConfig(
@@ -114,19 +112,20 @@ class ServiceState:
     def _connect_redis(self) -> None:
         s = self.settings
         try:
-            if not s.redis_url:
+            url = s.redis_url
+            if not url:
                 log.warning("REDIS_URL is not set: starting a private, empty redis-server "
                             "(fine for a demo; production sets REDIS_URL)")
                 self.redis_server = PrivateRedisServer().start()
+                url = self.redis_server.url
             t = s.redis_timeouts
-            self.redis_client = connect(s.redis_url or self.redis_server.url,  # type: ignore[union-attr]
-                                        timeout_s=t.read_s, connect_timeout_s=t.connect_s)
+            self.redis_client = connect(url, timeout_s=t.read_s, connect_timeout_s=t.connect_s)
         except RedisUnavailable as exc:
             self.problems["redis"] = REDIS_DOWN
             log.error("redis unavailable: %s", exc)
             return
         self.store = SkuStore(self.redis_client, s.key_prefix)
-        log.info("redis: %s", redact_url(s.redis_url or self.redis_server.url))  # type: ignore[union-attr]
+        log.info("redis: %s", redact_url(url))
 
     def refresh_index(self) -> None:
         if self.follower is None:
@@ -170,7 +169,7 @@ class ServiceState:
 
     # ------------------------------------------------------------------ status
     @property
-    def snapshot(self):  # type: ignore[no-untyped-def]
+    def snapshot(self) -> IndexSnapshot | None:
         return self.follower.snapshot if self.follower is not None else None
 
     def readiness(self) -> tuple[dict[str, bool], dict[str, str]]:

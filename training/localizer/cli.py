@@ -18,11 +18,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from training.localizer.train import TrainConfig, train
+from service.settings import SettingsError, load_settings
+from training.localizer.settings import LocalizerTrainConfig
+from training.localizer.train import train
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig(catalogs=[], out="")
+    d = LocalizerTrainConfig(catalogs=[], out="")
     p = argparse.ArgumentParser(
         prog="sku-train-localizer",
         description="Train the product localizer (CenterNet-style head at stride 8 on a small "
@@ -68,16 +70,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.input_size % 16:
-        raise SystemExit("--input-size must be a multiple of 16")
-    cfg = TrainConfig(
-        catalogs=args.catalog, out=args.out, name=args.name, backbone=args.backbone,
-        pretrained=args.pretrained, freeze_blocks=args.freeze_blocks,
-        input_size=args.input_size, neck_channels=args.neck_channels, steps=args.steps,
-        time_limit_min=args.time_limit_min, batch_size=args.batch_size, lr=args.lr,
-        workers=args.workers, threads=args.threads, seed=args.seed,
-        val_scenes=args.val_scenes, max_sources=args.max_sources,
-    )
+    try:
+        cfg = load_settings(
+            LocalizerTrainConfig, catalogs=args.catalog, out=args.out, name=args.name,
+            backbone=args.backbone, pretrained=args.pretrained, freeze_blocks=args.freeze_blocks,
+            input_size=args.input_size, neck_channels=args.neck_channels, steps=args.steps,
+            time_limit_min=args.time_limit_min, batch_size=args.batch_size, lr=args.lr,
+            workers=args.workers, threads=args.threads, seed=args.seed,
+            val_scenes=args.val_scenes, max_sources=args.max_sources,
+        )
+    except SettingsError as exc:
+        raise SystemExit(str(exc)) from None
     summary = train(cfg)
     if args.eval_manifest:
         summary["queries"] = evaluate_queries(args.out, args.eval_manifest, args.eval_limit)

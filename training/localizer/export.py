@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.artifact import ArtifactConfig, sha256_file, write_artifact_config
+from service.artifact import (
+    CHECKPOINT_FILE,
+    ONNX_FILE,
+    ArtifactConfig,
+    OnnxModel,
+    library_versions,
+    sha256_file,
+    write_artifact,
+)
 from service.localize import HEATMAP_OUTPUT, LTRB_OUTPUT, LocalizerConfig
 from service.preprocess import PreprocessConfig
 from training.localizer.model import STRIDE, LocalizerNet
@@ -40,18 +48,13 @@ def export_onnx(model: LocalizerNet, path: Path, input_size: int, opset: int = 1
         )
 
 
-def _versions() -> dict[str, str]:
-    import onnx
-
-    out = {"torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
-           "numpy": np.__version__}
-    try:
-        import onnxruntime
-
-        out["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    return out
+def verify_onnx(folder: Path, model: LocalizerNet, batch: np.ndarray) -> float:
+    """Max |ONNX Runtime − torch| over the localizer's outputs for ``batch`` (N,3,S,S)."""
+    x = torch.as_tensor(batch)
+    with torch.no_grad():
+        ref = [t.numpy() for t in model(x)]
+    got = OnnxModel(folder / ONNX_FILE).run(batch)
+    return max(float(np.abs(got[name] - r).max()) for name, r in zip(OUTPUTS, ref, strict=True))
 
 
 def write_localizer_artifact(
@@ -65,36 +68,44 @@ def write_localizer_artifact(
     postprocess: LocalizerConfig | None = None,
     checkpoint: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
+    verify_tol: float = 1e-3,
 ) -> ArtifactConfig:
-    """Export ``model`` and write ``config.json`` (+ ``checkpoint.pt`` when given)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    onnx_path = folder / "model.onnx"
-    export_onnx(model, onnx_path, preprocess.input_size)
-    if checkpoint is not None:
-        torch.save(checkpoint, folder / "checkpoint.pt")
-    sha = sha256_file(onnx_path)
-    config = ArtifactConfig(
-        kind="localizer",
-        name=name,
-        model_version=f"{name}-{sha[:12]}",
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        onnx_sha256=sha,
-        checkpoint_file="checkpoint.pt" if checkpoint is not None else None,
-        outputs=OUTPUTS,
-        model={
-            "arch": ARCH,
-            "backbone": backbone,
-            "stride": STRIDE,
-            "input_size": preprocess.input_size,
-            "ltrb_units": "stride",
-            "neck_channels": neck_channels,
-            "postprocess": (postprocess or LocalizerConfig()).model_dump(),
-        },
-        preprocess=preprocess,
-        versions=_versions(),
-        evaluation=evaluation or {},
-    )
-    write_artifact_config(folder, config)
-    log.info("wrote localizer artifact %s (%s)", folder, config.model_version)
-    return config
+    """Export ``model`` into ``folder`` (replaced atomically, :func:`write_artifact`), with
+    ``config.json`` (+ ``checkpoint.pt`` when given); ONNX Runtime is checked against torch."""
+    model.eval()
+
+    def fill(tmp: Path) -> ArtifactConfig:
+        export_onnx(model, tmp / ONNX_FILE, preprocess.input_size)
+        if checkpoint is not None:
+            torch.save(checkpoint, tmp / CHECKPOINT_FILE)
+        sha = sha256_file(tmp / ONNX_FILE)
+        return ArtifactConfig(
+            kind="localizer",
+            name=name,
+            model_version=f"{name}-{sha[:12]}",
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            onnx_sha256=sha,
+            checkpoint_file=CHECKPOINT_FILE if checkpoint is not None else None,
+            outputs=OUTPUTS,
+            model={
+                "arch": ARCH,
+                "backbone": backbone,
+                "stride": STRIDE,
+                "input_size": preprocess.input_size,
+                "ltrb_units": "stride",
+                "neck_channels": neck_channels,
+                "postprocess": (postprocess or LocalizerConfig()).model_dump(),
+            },
+            preprocess=preprocess,
+            versions=library_versions(),
+            evaluation=evaluation or {},
+        )
+
+    def check(tmp: Path) -> None:
+        probe = np.random.default_rng(0).uniform(
+            -1, 1, (2, 3, preprocess.input_size, preprocess.input_size)).astype(np.float32)
+        diff = verify_onnx(tmp, model, probe)
+        if diff > verify_tol:
+            raise RuntimeError(f"ONNX Runtime differs from torch by {diff:.2e} > {verify_tol}")
+
+    return write_artifact(folder, fill, check=check, overwrite=True)

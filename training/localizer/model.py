@@ -15,6 +15,7 @@ products are at most a few cells wide at stride 16 anyway).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ class FeatureTaps(nn.Module):
         super().__init__()
         if isinstance(backbone, EfficientNetLite):
             self.stem: nn.Module = _LiteStem(backbone)
-            blocks = list(backbone._blocks)
+            blocks: list[Any] = list(backbone._blocks)
             strides = [int(b._depthwise_conv.stride[0]) for b in blocks]
             chans = [int(b._project_conv.out_channels) for b in blocks]
             stride = 2

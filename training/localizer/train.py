@@ -15,7 +15,6 @@ import logging
 import math
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from training.localizer.cutout import load_cutouts
 from training.localizer.evaluate import evaluate_images
 from training.localizer.export import write_localizer_artifact
 from training.localizer.model import STRIDE, LocalizerNet, build_localizer
+from training.localizer.settings import LocalizerTrainConfig
 from training.localizer.synth import SceneConfig, render_scene
 from training.localizer.targets import localizer_loss, make_targets
 from training.localizer.trunk import OrtTrunk
@@ -39,32 +39,6 @@ from training.models.backbones import create_backbone
 
 log = logging.getLogger(__name__)
 VAL_SEED_OFFSET = 1_000_003
-
-
-@dataclass
-class TrainConfig:
-    catalogs: list[str]
-    out: str
-    name: str = "localizer"
-    backbone: str = "efficientnet_lite0"
-    pretrained: bool = True
-    freeze_blocks: int = -1  # trunk fully frozen (-1, or >= its blocks): runs in ONNX Runtime
-    input_size: int = 160
-    neck_channels: int = 64
-    steps: int = 3000
-    time_limit_min: float | None = None
-    batch_size: int = 32
-    lr: float = 2e-3
-    backbone_lr_mult: float = 0.3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    workers: int = 0
-    threads: int | None = None
-    seed: int = 0
-    val_scenes: int = 200
-    max_sources: int | None = None
-    log_every: int = 50
-    scene: SceneConfig = field(default_factory=SceneConfig)
 
 
 class SceneDataset(Dataset):
@@ -113,7 +87,7 @@ def _lr_factor(step: int, progress: float, warmup: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _param_groups(model: LocalizerNet, cfg: TrainConfig) -> list[dict[str, Any]]:
+def _param_groups(model: LocalizerNet, cfg: LocalizerTrainConfig) -> list[dict[str, Any]]:
     back = [p for p in model.features.parameters() if p.requires_grad]
     back_ids = {id(p) for p in back}
     head = [p for p in model.parameters() if p.requires_grad and id(p) not in back_ids]
@@ -135,7 +109,7 @@ def validation_scenes(cutouts: list, n: int, seed: int, scene: SceneConfig):
     return [render_scene(cutouts, rng, scene) for _ in range(n)]
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: LocalizerTrainConfig) -> dict[str, Any]:
     """Train, export to ``cfg.out`` and return the summary (also in config.json)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -203,9 +177,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return summary
 
 
-def _jsonable(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)
+def _jsonable(cfg: LocalizerTrainConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")
 
 
-def _dump(cfg: TrainConfig) -> str:
+def _dump(cfg: LocalizerTrainConfig) -> str:
     return json.dumps(_jsonable(cfg), indent=2)

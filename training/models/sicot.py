@@ -110,11 +110,12 @@ class SICoTModel(nn.Module):
         self.cfg = cfg
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.backbone: Any = create_backbone(
+            backbone: Any = create_backbone(
                 cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.weights_path,
                 freeze_blocks=cfg.freeze_blocks, **cfg.backbone_kwargs,
             )
-            c: int = self.backbone.num_features
+            self.backbone = backbone
+            c: int = backbone.num_features
             self.dropout = nn.Dropout(cfg.dropout)
             self.proj = nn.Sequential(nn.Linear(c, cfg.embed_dim, bias=False),
                                       nn.BatchNorm1d(cfg.embed_dim))

@@ -210,7 +210,7 @@ def _stats(
     c = plan.counts
     head = c >= head_min
     stats: dict[str, Any] = {
-        "generator": "training.demo_catalog",
+        "generator": "demo.catalog",
         "version": GENERATOR_VERSION,
         "args": {
             "skus": len(plan.specs),

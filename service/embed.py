@@ -19,12 +19,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from service.artifact import Artifact
-from service.catalog import CatalogItem
+from service.catalog import BadRow, CatalogItem
 from service.imageio import ImageError, load_image
 from service.preprocess import PreprocessConfig, crop_box, preprocess
 from service.settings import ImageLimits
-
-from .rows import BadRow
 
 log = logging.getLogger(__name__)
 EMBEDDING_OUTPUT = "embedding"
@@ -75,7 +73,7 @@ def load_row(
             # clipping would hide a box in the wrong coordinates (another image size, or
             # normalised values written as pixels): reject rather than index a wrong crop
             raise ValueError(f"box {list(item.box)} exceeds the {img.width}x{img.height} image")
-        img = crop_box(img, item.box)
+        img = crop_box(img, item.box, cfg.crop_margin)  # the artifact's crop rule
     except ValueError as exc:
         return _Loaded(None, BadRow(item.source, "bad_box", str(exc), item.sku_id))
     return _Loaded(preprocess(img, cfg), None, make_thumbnail(img, thumb) if thumb else None)

@@ -50,7 +50,7 @@ def train_sicot(catalog: Path, out: Path, *, epochs: int, quick: bool) -> Path:
         "catalog_manifest": catalog / "catalog" / "manifest.jsonl",
         "output_dir": out, "backbone": "efficientnet_lite0", "pretrained": True,
         # ImageNet trunk frozen but for its last block: a few minutes on 2 cores; fine-tuning
-        # more blocks helps accuracy but costs ~5x per image (MEASUREMENTS.md)
+        # more blocks helps accuracy but costs ~5x per image (measured on 2 cores)
         "freeze_blocks": -1 if quick else 15, "input_size": 128, "embed_dim": 256,
         "text_encoder": "bilinear_attention", "word_dim": 64, "epochs": epochs,
         "batch_size": 32, "lr": 0.05, "schedule": "cosine", "warmup_epochs": 0.5,
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0, help="service port (0: a free one)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from training.demo_catalog import generate_demo_catalog
+    from demo.catalog import generate_demo_catalog
 
     out = args.out.resolve()
     t_all = time.perf_counter()
