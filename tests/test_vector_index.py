@@ -164,6 +164,28 @@ def test_compressed_family_reranks_from_memory_mapped_float16(data, tmp_path: Pa
     assert reranked >= 0.9 and reranked > pq_only
 
 
+def test_two_level_ivf_training_fills_the_quantizer(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The >2M family's coarse centroids come from two-level k-means (8 × 8 → 64 lists here);
+    the PQ is then trained on that quantizer and the version saves and loads as usual."""
+    import faiss
+
+    x, q, truth = data
+    spec = IndexSpec(float_factory="IVF64_HNSW16,PQ16x4fs", ivf_nprobe=16, float_rerank=100,
+                     ivf_training="two_level", binary=BinarySpec(kind="none"))
+    built = VectorIndex.build(x, spec)
+    ivf = faiss.extract_index_ivf(built.float_index)
+    assert ivf.quantizer.ntotal == ivf.nlist == 64 and built.float_index.ntotal == len(x)
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(64)])
+    assert sizes.sum() == len(x) and (sizes > 0).sum() >= 48  # the lists are used
+    built.save(tmp_path)
+    loaded = VectorIndex.load(tmp_path)
+    assert loaded.spec.ivf_training == "two_level"
+    assert recall_at_k(loaded.search(q, 10)[1], truth, 10) >= 0.9
+    with pytest.raises(ValueError, match="training vectors"):  # a sample smaller than nlist
+        VectorIndex.build(x, spec.model_copy(update={"float_factory": "IVF2048_HNSW16,PQ16x4fs",
+                                                     "train_sample": 1000}))
+
+
 def test_build_from_a_memory_map_equals_build_from_memory(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     x, q, _ = data
     np.save(tmp_path / "x.npy", x)
