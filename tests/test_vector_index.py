@@ -186,6 +186,29 @@ def test_two_level_ivf_training_fills_the_quantizer(data, tmp_path: Path) -> Non
                                                      "train_sample": 1000}))
 
 
+def test_add_ef_search_puts_every_row_in_its_nearest_list(data) -> None:  # type: ignore[no-untyped-def]
+    """With a large enough efSearch while adding, the HNSW quantizer assigns each row to its
+    exact nearest centroid; the query-time efSearch is set back afterwards."""
+    import faiss
+
+    x, _, _ = data
+    spec = IndexSpec(float_factory="IVF256_HNSW8,PQ16x4fs", ivf_add_ef_search=256,
+                     hnsw_ef_search=32, binary=BinarySpec(kind="none"))
+    index = VectorIndex.build(x, spec).float_index
+    ivf = faiss.extract_index_ivf(index)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    assert quantizer.hnsw.efSearch == 32
+    _, nearest = faiss.knn(x, quantizer.reconstruct_n(0, ivf.nlist), 1,
+                           metric=faiss.METRIC_INNER_PRODUCT)
+    stored = np.empty(len(x), dtype=np.int64)
+    for lst in range(ivf.nlist):
+        ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), ivf.invlists.list_size(lst))
+        stored[np.asarray(ids)] = lst
+    np.testing.assert_array_equal(stored, nearest[:, 0])
+    with pytest.raises(ValueError, match="HNSW quantizer"):
+        VectorIndex.build(x, spec.model_copy(update={"float_factory": "IVF16,Flat"}))
+
+
 def test_build_from_a_memory_map_equals_build_from_memory(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     x, q, _ = data
     np.save(tmp_path / "x.npy", x)
