@@ -1,20 +1,26 @@
 """Index at scale (issue 13): a 1M-vector parameter sweep and a 10M-vector memory-mapped build.
 
     .venv/bin/python bench/index_scale.py --section 1m [--only PREFIX]
-    .venv/bin/python bench/index_scale.py --section 10m --data-dir /work/tmp-10m
+    .venv/bin/python bench/index_scale.py --section 10m --timed 200 --data-dir /work/tmp-10m/v
+    .venv/bin/python bench/index_scale.py --section tiled --artifact ART --manifest M [...]
 
 Data: the hard clustered vectors of ``bench/index_build.py`` (``clustered``: 100 categories,
 each a 64-dim patch, L2-normalised, 256-d); queries are held out (another seed); ground truth
 is exact inner-product search.  Builds use ``--build-threads`` FAISS threads; every query is
-timed alone (batch 1) with ONE thread, as the service does per request.
+timed alone (batch 1) with ONE thread, as the service does per request (CPU time of the
+thread and wall time: the development machine's cores are shared).
 
 * 1m: each family is built once with ``VectorIndex.build`` (the builder's code) and swept
   over its search knobs (efSearch, nprobe, re-rank depth) without rebuilding.
-* 10m: vectors are generated in blocks straight into a float16 ``embeddings.npy`` memory map
-  (ground truth kept on the fly), the large family of ``service.index_families`` is built from
-  the map, saved as a version folder, then a fresh process loads it the way the service does
-  (``load_version_index``-style, memory-mapped vectors) and reports its RSS, ms per query and
-  recall@10.  ``--keep-data`` keeps the 5 GB folder (deleted by default).
+* 10m: vectors are drawn in 1M blocks (two threads) straight into a float16 ``embeddings.npy``
+  memory map, the exact top-10 of 200 queries kept on the fly; a fresh process builds the
+  large family of ``service.index_families`` (``--spec`` JSON overrides fields) from the map
+  and saves the version folder; another loads it the way the service does (memory-mapped
+  vectors), drops the file's cached pages for a first cold pass, then sweeps ``--sweep``
+  (nprobe:rerank) and reports RSS, CPU/wall ms per query and recall@10.  ``--keep-data``
+  keeps (and reuses) the 5.5 GB folder; it is deleted by default.
+* tiled: a trained artifact's embeddings of catalog images, tiled to 1M rows with noise, and
+  the ``auto`` family for that size (a sanity row on real embeddings).
 """
 
 from __future__ import annotations
