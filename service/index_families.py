@@ -10,8 +10,9 @@ rows                family
 ≤ EXACT_MAX_ROWS    ``Flat`` (exact) + binary ITQ-256 flat: exact answers, 1 GB per 1M rows
 ≤ MEMORY_MAX_ROWS   IVF with an HNSW coarse quantizer over 4-bit fast-scan PQ codes, the top
                     candidates re-ranked from the memory-mapped float vectors
-above               the same with more lists, float16 vectors on disk (half the disk and page
-                    cache), no binary index: only the PQ codes and the quantizer are in RAM
+above               the same over 16,384 lists (two-level k-means, rows added with a wider
+                    quantizer search), float16 vectors on disk (half the disk and page cache),
+                    no binary index: only the PQ codes and the quantizer are in RAM
 ==================  ===========================================================================
 """
 
@@ -27,12 +28,16 @@ MID_FAMILY: dict[str, Any] = {
     "float_factory": "IVF4096_HNSW32,PQ64x4fs", "ivf_nprobe": 512, "float_rerank": 300,
     "train_sample": 160_000, "binary": {"kind": "none"},
 }
-# > 2M: the same quantizer (more lists would cost a k-means these 2 cores cannot afford
-# nightly), float16 vectors on disk.  NOT yet measured at 10M (docs/benchmarks.md): nprobe
-# 256 is the 1M figure's (0.947); `bench/index_scale.py --section 10m` is the run to set it
+# > 2M, measured at 10M rows (bench/index_scale.py --section 10m, 200 queries): recall@10
+# 0.961 at 1.93 CPU ms per query (1 thread), 430 MB in RAM, 5.1 GB float16 on disk, 960 s to
+# build on 2 busy cores.  16,384 lists: at 10M, 4,096 would scan 4× more codes for the same
+# fraction; a flat k-means of 16k lists is unaffordable here, two levels (128 × 128) is not.
+# ivf_add_ef_search 64: FAISS's default 16 put 12% of rows in a wrong list (recall capped
+# at 0.93 whatever nprobe); 64 misplaces 0.7%.  train_sample = 39 × 16,384 (FAISS's minimum).
 LARGE_FAMILY: dict[str, Any] = {
-    "float_factory": "IVF4096_HNSW32,PQ64x4fs", "ivf_nprobe": 256, "float_rerank": 300,
-    "train_sample": 160_000, "vectors_dtype": "float16", "binary": {"kind": "none"},
+    "float_factory": "IVF16384_HNSW32,PQ64x4fs", "ivf_nprobe": 256, "float_rerank": 300,
+    "ivf_training": "two_level", "ivf_add_ef_search": 64, "train_sample": 640_000,
+    "vectors_dtype": "float16", "binary": {"kind": "none"},
 }
 
 

@@ -164,6 +164,51 @@ def test_compressed_family_reranks_from_memory_mapped_float16(data, tmp_path: Pa
     assert reranked >= 0.9 and reranked > pq_only
 
 
+def test_two_level_ivf_training_fills_the_quantizer(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The >2M family's coarse centroids come from two-level k-means (8 × 8 → 64 lists here);
+    the PQ is then trained on that quantizer and the version saves and loads as usual."""
+    import faiss
+
+    x, q, truth = data
+    spec = IndexSpec(float_factory="IVF64_HNSW16,PQ16x4fs", ivf_nprobe=16, float_rerank=100,
+                     ivf_training="two_level", binary=BinarySpec(kind="none"))
+    built = VectorIndex.build(x, spec)
+    ivf = faiss.extract_index_ivf(built.float_index)
+    assert ivf.quantizer.ntotal == ivf.nlist == 64 and built.float_index.ntotal == len(x)
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(64)])
+    assert sizes.sum() == len(x) and (sizes > 0).sum() >= 48  # the lists are used
+    built.save(tmp_path)
+    loaded = VectorIndex.load(tmp_path)
+    assert loaded.spec.ivf_training == "two_level"
+    assert recall_at_k(loaded.search(q, 10)[1], truth, 10) >= 0.9
+    with pytest.raises(ValueError, match="training vectors"):  # a sample smaller than nlist
+        VectorIndex.build(x, spec.model_copy(update={"float_factory": "IVF2048_HNSW16,PQ16x4fs",
+                                                     "train_sample": 1000}))
+
+
+def test_add_ef_search_puts_every_row_in_its_nearest_list(data) -> None:  # type: ignore[no-untyped-def]
+    """With a large enough efSearch while adding, the HNSW quantizer assigns each row to its
+    exact nearest centroid; the query-time efSearch is set back afterwards."""
+    import faiss
+
+    x, _, _ = data
+    spec = IndexSpec(float_factory="IVF256_HNSW8,PQ16x4fs", ivf_add_ef_search=256,
+                     hnsw_ef_search=32, binary=BinarySpec(kind="none"))
+    index = VectorIndex.build(x, spec).float_index
+    ivf = faiss.extract_index_ivf(index)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    assert quantizer.hnsw.efSearch == 32
+    _, nearest = faiss.knn(x, quantizer.reconstruct_n(0, ivf.nlist), 1,
+                           metric=faiss.METRIC_INNER_PRODUCT)
+    stored = np.empty(len(x), dtype=np.int64)
+    for lst in range(ivf.nlist):
+        ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), ivf.invlists.list_size(lst))
+        stored[np.asarray(ids)] = lst
+    np.testing.assert_array_equal(stored, nearest[:, 0])
+    with pytest.raises(ValueError, match="HNSW quantizer"):
+        VectorIndex.build(x, spec.model_copy(update={"float_factory": "IVF16,Flat"}))
+
+
 def test_build_from_a_memory_map_equals_build_from_memory(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     x, q, _ = data
     np.save(tmp_path / "x.npy", x)
