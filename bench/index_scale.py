@@ -314,9 +314,9 @@ def tiled(artifact: Path, manifests: list[Path], n: int, nq: int, timed: int,
     ``artifact`` (the builder's ``embed_items``), tiled to ``n`` rows with Gaussian noise
     (norm ``noise`` in expectation) and renormalised; queries are other noisy copies (another
     seed); ground truth is exact search.  The ``auto`` family for ``n`` rows is built."""
-    from service.embed import embed_items
     from service.artifact import load_artifact
     from service.catalog import read_catalog
+    from service.embed import embed_items
 
     threads(build_threads)
     items = [it for m in manifests for it in read_catalog(m).items]
