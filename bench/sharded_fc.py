@@ -67,6 +67,7 @@ def _inputs(rank: int, n: int, dim: int, classes: int, global_batch: int
 
 def _worker(rank: int, world: int, cfg: dict[str, Any], out_dir: str) -> None:
     torch.set_num_threads(1)
+    from training.distributed import cleanup
     from training.losses import sicot_loss
     from training.models.sharded_head import Shard, ShardedClassifier
     from training.models.sicot import CosineClassifier
@@ -118,7 +119,7 @@ def _worker(rank: int, world: int, cfg: dict[str, Any], out_dir: str) -> None:
               "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     if world > 1:
-        dist.destroy_process_group()
+        cleanup()
 
 
 def run(mode: str, classes: int, rate: float, args: argparse.Namespace) -> dict[str, Any]:

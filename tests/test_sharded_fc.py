@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from training.distributed import DistInfo, all_reduce_mean, wrap_model
+from training.distributed import DistInfo, all_reduce_mean, cleanup, wrap_model
 from training.engine import build_optimizer, make_loss_fn
 from training.losses import log_prior_from_counts
 from training.models import SICoTConfig, SICoTModel
@@ -179,7 +179,7 @@ def _worker(rank: int, tmp: Path) -> None:
         result["sampled"] = _sampled(rank)
         (tmp / f"result{rank}.json").write_text(json.dumps(result))
     finally:
-        dist.destroy_process_group()
+        cleanup()
 
 
 @pytest.fixture(scope="module")

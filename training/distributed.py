@@ -52,7 +52,11 @@ def init_distributed(backend: str = "gloo", timeout_min: float = 60.0) -> DistIn
 
 
 def cleanup() -> None:
+    """Leave the process group together: every rank waits for the others before tearing gloo
+    down, so no rank exits while a peer's connection threads still expect it (a rank that
+    left early made the other abort with 'terminate called without an active exception')."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
