@@ -239,9 +239,8 @@ class FeedbackLog:
         out: list[FeedbackEntry] = []
         start = f"{max(0, int(since * 1000))}-0"
         while True:
-            chunk: list[Any] = self.client.xrange(  # type: ignore[assignment]
-                self.keys.stream, min=start, max="+", count=count) or []
-            out += [FeedbackEntry.from_stream(_text(i), f) for i, f in chunk]
+            chunk = self.client.xrange(self.keys.stream, min=start, max="+", count=count) or []
+            out += [FeedbackEntry.from_stream(_text(i), f) for i, f in chunk if f is not None]
             if len(chunk) < count:
                 return out
             start = "(" + _text(chunk[-1][0])

@@ -24,6 +24,17 @@ from service.imageio import configure_pillow_limits
 log = logging.getLogger(__name__)
 
 
+class SkuApp(FastAPI):
+    """The FastAPI app whose OpenAPI schema is completed from the service's settings."""
+
+    def __init__(self, settings: ServiceSettings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+
+    def openapi(self) -> dict[str, Any]:
+        return openapi_schema(self, self.settings)
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """Build the app; ``settings`` default to the environment's (tests pass their own)."""
     settings = settings or get_settings()
@@ -42,7 +53,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             await state.finalize()
 
     docs = settings.docs_enabled
-    app = FastAPI(
+    app = SkuApp(
+        settings,
         title="SKU recognition",
         version=__version__,
         description="POST a product photo to /recognize; get the SKU with its catalog image, "
@@ -51,7 +63,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
-    app.openapi = lambda: openapi_schema(app, settings)  # type: ignore[method-assign]
     install_error_handlers(app)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_body=settings.limits.max_bytes,
