@@ -107,6 +107,10 @@ SWEEP_1M: list[tuple[str, dict[str, Any], str, list[dict[str, Any]]]] = [
                                            "train_sample": 160_000, "binary": {"kind": "none"}},
      "float", [{"ivf_nprobe": p, "float_rerank": r} for p in (128, 256, 512, 1024)
                for r in (300, 1000)]),
+    ("IVF4096_HNSW32,PQ64x4fs + re-rank, add efSearch 64",
+     {"float_factory": "IVF4096_HNSW32,PQ64x4fs", "train_sample": 160_000,
+      "ivf_add_ef_search": 64, "binary": {"kind": "none"}},
+     "float", [{"ivf_nprobe": p, "float_rerank": r} for p in (128, 256, 512) for r in (300,)]),
     ("HNSW32", {"float_factory": "HNSW32", "binary": {"kind": "none"}}, "float",
      [{"hnsw_ef_search": e} for e in (128, 256, 512)]),
 ]
