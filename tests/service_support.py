@@ -17,7 +17,7 @@ import uvicorn
 from index_builder import cli as index_cli
 from service.api.protocol import HeaderDeadlineProtocol
 from service.api.settings import ServiceSettings
-from service.redis_server import free_port
+from service.redis_server import PrivateRedisServer, free_port
 
 API_KEY = "test-key-0123456789"
 HEADERS = {"X-API-Key": API_KEY}
@@ -29,6 +29,19 @@ def build_index(catalog: Path, artifact: Path, index_dir: Path, url: str, *extra
         "--index-dir", str(index_dir), "--redis-url", url, "--no-progress", *extra,
     ])
     assert rc == 0
+
+
+@contextlib.contextmanager
+def demo_index(artifact: Path, demo_catalog: Path, index_dir: Path, *versions: str,
+               thumbnails: bool = False) -> Iterator[PrivateRedisServer]:
+    """A private redis-server with the demo catalog's index built and published as each of
+    ``versions`` (default ``v1``) in turn, into ``index_dir``."""
+    extra = ["--thumbnails"] if thumbnails else []
+    with PrivateRedisServer() as server:
+        for version in versions or ("v1",):
+            build_index(demo_catalog / "catalog" / "manifest.jsonl", artifact, index_dir,
+                        server.url, "--version", version, *extra)
+        yield server
 
 
 def service_settings(url: str, index_dir: Path, artifact: Path, **over: Any) -> ServiceSettings:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_support import API_KEY, HEADERS, build_index, live_server, service_settings
+from service_support import API_KEY, HEADERS, demo_index, live_server, service_settings
 
 from service.api.app import create_app
 from service.api.schemas import RecognizeResponse
@@ -23,9 +23,7 @@ from service.redis_server import PrivateRedisServer
 @pytest.fixture(scope="module")
 def index(small_artifact: Path, demo_catalog: Path, tmp_path_factory) -> Iterator[dict]:  # type: ignore[no-untyped-def]
     index_dir = tmp_path_factory.mktemp("index")
-    with PrivateRedisServer() as server:
-        build_index(demo_catalog / "catalog" / "manifest.jsonl", small_artifact, index_dir,
-                    server.url, "--version", "v1")
+    with demo_index(small_artifact, demo_catalog, index_dir) as server:
         rows = [json.loads(line) for line in
                 (demo_catalog / "catalog" / "manifest.jsonl").read_text().splitlines()]
         yield {"url": server.url, "index_dir": index_dir, "artifact": small_artifact,

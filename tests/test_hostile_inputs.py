@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_support import HEADERS, build_index, service_settings
+from service_support import HEADERS, demo_index, service_settings
 
 from service.api.app import create_app
-from service.redis_server import PrivateRedisServer
 
 DOCUMENTED = {200, 400, 401, 403, 404, 413, 415, 422, 429}
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
@@ -29,9 +28,7 @@ SEED = 10
 @pytest.fixture(scope="module")
 def client(small_artifact: Path, demo_catalog: Path, tmp_path_factory) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
     index_dir = tmp_path_factory.mktemp("index")
-    with PrivateRedisServer() as server:
-        build_index(demo_catalog / "catalog" / "manifest.jsonl", small_artifact, index_dir,
-                    server.url, "--version", "v1", "--thumbnails")
+    with demo_index(small_artifact, demo_catalog, index_dir, thumbnails=True) as server:
         settings = service_settings(server.url, index_dir, small_artifact, max_queue=64)
         with TestClient(create_app(settings)) as c:
             yield c

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_support import API_KEY, HEADERS, build_index, live_server, service_settings
+from service_support import API_KEY, HEADERS, demo_index, live_server, service_settings
 
 from service.api.app import create_app
 from service.artifact import load_artifact
@@ -22,7 +22,7 @@ from service.client_cli import main as cli_main
 from service.label_filter import labels_of
 from service.localize import LocalizerConfig, localize_image, main_box_values
 from service.preprocess import CROP_MARGIN, crop_rect
-from service.redis_server import PrivateRedisServer, connect
+from service.redis_server import connect
 from service.store import SkuStore
 from training.localizer.cli import main as train_localizer
 
@@ -60,9 +60,7 @@ def localizer(demo_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def served(small_artifact: Path, localizer: Path, demo_catalog: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     index_dir = tmp_path_factory.mktemp("index")
-    with PrivateRedisServer() as server:
-        build_index(demo_catalog / "catalog" / "manifest.jsonl", small_artifact, index_dir,
-                    server.url, "--version", "v1")
+    with demo_index(small_artifact, demo_catalog, index_dir) as server:
         settings = service_settings(server.url, index_dir, small_artifact,
                                     localizer_dir=localizer, search_k=SEARCH_K,
                                     localizer_score_threshold=SCORE_THRESHOLD)

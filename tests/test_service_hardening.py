@@ -20,6 +20,7 @@ from PIL import Image
 from service_support import (
     HEADERS,
     build_index,
+    demo_index,
     live_server,
     raw_request_head,
     read_response,
@@ -29,7 +30,7 @@ from service_support import (
 from index_builder import maintenance
 from service.api.app import create_app
 from service.api.settings import ClientTimeouts, ServiceSettings
-from service.redis_server import PrivateRedisServer, connect
+from service.redis_server import connect
 from service.settings import SettingsError, load_settings
 from service.store import SkuStore
 
@@ -39,9 +40,7 @@ JPEG = {"Content-Type": "image/jpeg"}
 @pytest.fixture(scope="module")
 def index(small_artifact: Path, demo_catalog: Path, tmp_path_factory) -> Iterator[dict]:  # type: ignore[no-untyped-def]
     index_dir = tmp_path_factory.mktemp("index")
-    with PrivateRedisServer() as server:
-        build_index(demo_catalog / "catalog" / "manifest.jsonl", small_artifact, index_dir,
-                    server.url, "--version", "v1", "--thumbnails")
+    with demo_index(small_artifact, demo_catalog, index_dir, thumbnails=True) as server:
         yield {"url": server.url, "index_dir": index_dir, "server": server,
                "artifact": small_artifact, "catalog": demo_catalog}
 
@@ -142,8 +141,7 @@ def test_missing_index_data_is_503_not_no_match_and_recovers(
     small_artifact: Path, demo_catalog: Path, tmp_path: Path
 ) -> None:
     catalog = demo_catalog / "catalog" / "manifest.jsonl"
-    with PrivateRedisServer() as server:
-        build_index(catalog, small_artifact, tmp_path, server.url, "--version", "v1")
+    with demo_index(small_artifact, demo_catalog, tmp_path) as server:
         settings = service_settings(server.url, tmp_path, small_artifact)
         jpeg = _photo({"catalog": demo_catalog})[0]
         redis = connect(server.url)
@@ -174,10 +172,7 @@ def test_missing_index_data_is_503_not_no_match_and_recovers(
 def test_gc_never_deletes_a_version_a_service_serves(
     small_artifact: Path, demo_catalog: Path, tmp_path: Path
 ) -> None:
-    catalog = demo_catalog / "catalog" / "manifest.jsonl"
-    with PrivateRedisServer() as server:
-        build_index(catalog, small_artifact, tmp_path, server.url, "--version", "v1")
-        build_index(catalog, small_artifact, tmp_path, server.url, "--version", "v2")
+    with demo_index(small_artifact, demo_catalog, tmp_path, "v1", "v2") as server:
         redis = connect(server.url)
         store = SkuStore(redis)
         store.mark_served("v1", ttl_s=60)  # a service that has not followed v2 yet
@@ -336,9 +331,7 @@ def test_keys_rotate_from_a_file_and_carry_their_own_rate(index: dict, tmp_path:
 def test_unavailable_answers_say_what_not_where(
     small_artifact: Path, demo_catalog: Path, tmp_path: Path
 ) -> None:
-    with PrivateRedisServer() as server:
-        build_index(demo_catalog / "catalog" / "manifest.jsonl", small_artifact, tmp_path,
-                    server.url, "--version", "v1")
+    with demo_index(small_artifact, demo_catalog, tmp_path) as server:
         settings = service_settings(server.url, tmp_path, small_artifact)
         jpeg = _photo({"catalog": demo_catalog})[0]
         port = str(server.port)
@@ -365,9 +358,7 @@ def test_docs_and_metrics_are_configurable(index: dict) -> None:
 def test_frozen_redis_gives_503_not_a_hang(
     small_artifact: Path, demo_catalog: Path, tmp_path: Path
 ) -> None:
-    with PrivateRedisServer() as server:
-        build_index(demo_catalog / "catalog" / "manifest.jsonl", small_artifact, tmp_path,
-                    server.url, "--version", "v1")
+    with demo_index(small_artifact, demo_catalog, tmp_path) as server:
         settings = service_settings(server.url, tmp_path, small_artifact, index_poll_s=0.5)
         jpeg = _photo({"catalog": demo_catalog})[0]
         assert server.proc is not None
