@@ -356,14 +356,15 @@ def run_variant(st: Study, name: str, v: Variant) -> dict[str, Any]:
     run_dir = st.args.out / "runs" / name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "report.json").write_text(json.dumps(json_safe(rep), indent=2))
-    torch.save({"model_config": model.cfg.model_dump(mode="json"),
-                "model_state": model.state_dict()}, run_dir / "model.pt")
+    payload = {"model_config": model.cfg.model_dump(mode="json"), "model_state": model.state_dict()}
+    torch.save(payload, run_dir / "model.pt")
     log.info("%s: %s", name, one_line(scores))
     if name in st.args.export.split(","):
         path = export_artifact(model, out_dir=st.args.out / "artifacts", name=f"emoji-{name}",
                                labels=st.splits.labels, preprocess=st.pcfg,
                                model_config=model.cfg.model_dump(mode="json"), overwrite=True,
-                               evaluation={k: v2["classifier"]["top1"] for k, v2 in scores.items()})
+                               evaluation={k: v2["classifier"]["top1"] for k, v2 in scores.items()},
+                               checkpoint=payload)
         rep["artifact"] = str(path)
     return rep
 

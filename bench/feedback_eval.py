@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,11 @@ from service.store import SkuStore
 
 NO_GATE = FeedbackPolicy(min_votes=1, model_votes=False, reputation_min_labels=10**9,
                          max_rows_per_key_per_sku=10**6, agree_sim=2.0)
+# the settings a deployment can choose (``SKU_INDEX_FEEDBACK__*``): the default gate; a lone
+# key's label accepted (key reputation, bulk-sender rule and quotas still apply); no gate
+POLICIES: dict[str, FeedbackPolicy] = {"gate": FeedbackPolicy(),
+                                       "single key": FeedbackPolicy(min_votes=1),
+                                       "no gate": NO_GATE}
 
 
 def split_queries(items: list[CatalogItem]) -> tuple[list[CatalogItem], list[CatalogItem]]:
@@ -110,6 +117,52 @@ def simulate(flog: FeedbackLog, traffic: list[CatalogItem], crops: list[bytes],
     return sent
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One row: what feedback is simulated, which gate and artifact serve the test photos."""
+
+    name: str
+    p: float = 0.0
+    e: float = 0.0
+    adversary: bool = False
+    policy: str = "gate"
+    feedback: bool = True
+    true_box: bool = False  # the naive calibration: traffic's true-box crops are retained
+    adabn: str | None = None  # AdaBN scope on the retained traffic crops (training.adabn)
+    index_weight: float | None = None  # OnlineConfig.index_weight (None: the default)
+
+
+def settings(args: argparse.Namespace) -> list[Setting]:
+    out = [Setting("today (no feedback)", feedback=False)]
+    out += [Setting(f"same-night index feedback, p={p}, e={e} (gate)", float(p), float(e))
+            for p in args.ps.split(",") for e in args.es.split(",")]
+    out += [Setting("same-night index feedback, p=0.3, e=0.1, + adversary (gate)", 0.3, 0.1, True),
+            Setting("same-night index feedback, p=0.3, e=0.1, + adversary (no gate)", 0.3, 0.1,
+                    True, "no gate")]
+    if not args.extras:
+        return out
+    w = args.index_weight
+    out += [
+        Setting("same-night index feedback, p=0.3, e=0.1 (single key)", 0.3, 0.1, False,
+                "single key"),
+        Setting("same-night index feedback, p=0.3, e=0.1, + adversary (single key)", 0.3, 0.1,
+                True, "single key"),
+        Setting("naive: true-box crops, p=0.3, e=0 (no gate)", 0.3, 0.0, False, "no gate",
+                true_box=True),
+        Setting(f"today, index weight {w}", feedback=False, index_weight=w),
+        Setting(f"same-night index feedback, p=0.3, e=0.1 (gate), index weight {w}", 0.3, 0.1,
+                index_weight=w),
+        Setting(f"same-night index feedback, p=0.3, e=0.1 (single key), index weight {w}", 0.3,
+                0.1, False, "single key", index_weight=w),
+    ]
+    for scope in [x for x in args.adabn.split(",") if x]:
+        out += [Setting(f"AdaBN ({scope}) on the traffic crops, no feedback", feedback=False,
+                        adabn=scope),
+                Setting(f"AdaBN ({scope}) + same-night index feedback, p=0.3, e=0.1 (gate)", 0.3,
+                        0.1, adabn=scope)]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--catalog", type=Path, required=True)
@@ -119,13 +172,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--ps", default="0.1,0.3,1.0")
     ap.add_argument("--es", default="0,0.1")
+    ap.add_argument("--extras", action="store_true",
+                    help="also: the single-key policy, the naive true-box calibration, a "
+                    "higher index weight, and AdaBN (--adabn)")
+    ap.add_argument("--index-weight", type=float, default=0.75,
+                    help="the index weight of the --extras rows")
+    ap.add_argument("--adabn", default="trunk,backbone",
+                    help="AdaBN scopes of the --extras rows (training.adabn; '' = none)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (AdaBN)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()
     sicot = load_artifact(args.artifact)
     loc = load_artifact(args.localizer) if args.localizer else None
-    rec = Recognizer(sicot, loc, OnlineConfig())
+    recognizers: dict[tuple[str, float | None], Recognizer] = {}
+
+    def recognizer(artifact_dir: Path, weight: float | None) -> Recognizer:
+        key = (str(artifact_dir), weight)
+        if key not in recognizers:
+            art = sicot if artifact_dir == args.artifact else load_artifact(artifact_dir)
+            cfg = OnlineConfig() if weight is None else OnlineConfig(index_weight=weight)
+            recognizers[key] = Recognizer(art, loc, cfg)
+        return recognizers[key]
+
+    rec = recognizer(args.artifact, None)
     labels = sicot.config.labels
     assert labels is not None
     head = {s for s, n in zip(labels.sku_ids, labels.train_counts, strict=True) if n >= 20}
@@ -135,53 +206,76 @@ def main(argv: list[str] | None = None) -> int:
         skus, min(50, len(skus) // 2), replace=False)]
     rows: list[dict[str, Any]] = []
     with redis_connection(None) as (client, url):
-        def publish(prefix: str, feedback: bool, policy: FeedbackPolicy) -> tuple[Any, SkuStore, str]:
+        def publish(prefix: str, feedback: bool, policy: FeedbackPolicy,
+                    artifact_dir: Path) -> tuple[Any, SkuStore, str]:
             s = IndexBuilderSettings(key_prefix=prefix, index_dir=args.out / "index",
-                                     artifact_dir=args.artifact, feedback=policy,
+                                     artifact_dir=artifact_dir, feedback=policy,
                                      recall_queries=0, gc_after_publish=False)
             store = SkuStore(client, prefix)
             rep = build(Runner(s, store, url, progress=False), args.catalog, feedback=feedback,
                         version=f"{prefix}-v", force=True)
             return load_snapshot(store, s.index_dir, f"{prefix}-v"), store, " ".join(rep.notes)
 
-        snap, store, _ = publish("base", False, FeedbackPolicy())
-        base = scores(run_all(rec, snap, store, test), test, head, set(attacked))
-        rows.append({"setting": "today (no feedback)", **base, "notes": ""})
+        snap, store, _ = publish("base", False, FeedbackPolicy(), args.artifact)
         results = run_all(rec, snap, store, traffic)
-        crops, answers = [], []
+        crops: dict[bool, list[bytes]] = {False: [], True: []}
+        answers = []
         for it, r in zip(traffic, results, strict=True):
             img = load_image(it.image)
-            crops.append(encode_jpeg(img.crop(crop_rect(r.box, 0.0, img.size)), 256))
+            crops[False].append(encode_jpeg(img.crop(crop_rect(r.box, 0.0, img.size)), 256))
+            true = it.box if it.box is not None else (0, 0, *img.size)
+            crops[True].append(encode_jpeg(img.crop(crop_rect(true, 0.0, img.size)), 256))
             answers.append({"candidates": [{"sku_id": c.sku_id} for c in r.candidates]})
-        configs = [(float(p), float(e), False, "gate") for p in args.ps.split(",")
-                   for e in args.es.split(",")]
-        configs += [(0.3, 0.1, True, "gate"), (0.3, 0.1, True, "no gate")]
-        for n, (p, e, adv, gate_name) in enumerate(configs):
+        adapted: dict[str, Path] = {}
+        for n, st in enumerate(settings(args)):
+            t1 = time.perf_counter()
+            artifact_dir = args.artifact
+            if st.adabn is not None:
+                if st.adabn not in adapted:
+                    from training.adabn import adabn_artifact
+
+                    torch_threads(args.threads)
+                    adapted[st.adabn] = adabn_artifact(
+                        args.artifact, crops[False], out_dir=args.out / "adabn",
+                        name=f"adabn-{st.adabn}", scope=st.adabn, overwrite=True)  # type: ignore[arg-type]
+                artifact_dir = adapted[st.adabn]
             prefix = f"c{n}"
-            flog = FeedbackLog(client, prefix)
-            sent = simulate(flog, traffic, crops, answers, skus, p, e, adv, attacked,
-                            args.seed + n)
-            policy = FeedbackPolicy() if gate_name == "gate" else NO_GATE
-            snap, store, notes = publish(prefix, True, policy)
-            res = scores(run_all(rec, snap, store, test), test, head, set(attacked))
-            rows.append({"setting": f"same-night index feedback, p={p}, e={e}"
-                         + (", + adversary" if adv else "") + f" ({gate_name})",
-                         **res, "feedback_sent": sent, "notes": notes})
-            print(rows[-1]["setting"], {k: v for k, v in res.items() if k.startswith("all")},
+            sent = 0
+            if st.feedback:
+                flog = FeedbackLog(client, prefix)
+                # the same shoppers for the same (p, e) in every row: rows differ only in
+                # what the row names (gate, artifact, weight)
+                shoppers = args.seed * 1_000_003 + round(st.p * 1000) * 1000 + round(st.e * 1000)
+                sent = simulate(flog, traffic, crops[st.true_box], answers, skus, st.p, st.e,
+                                st.adversary, attacked, shoppers)
+            snap, store, notes = publish(prefix, st.feedback, POLICIES[st.policy], artifact_dir)
+            res = scores(run_all(recognizer(artifact_dir, st.index_weight), snap, store, test),
+                         test, head, set(attacked))
+            rows.append({"setting": st.name, **res, "feedback_sent": sent, "notes": notes,
+                         "seconds": round(time.perf_counter() - t1, 1)})
+            print(st.name, {k: v for k, v in res.items() if k.startswith("all")}, notes,
                   flush=True)
     summary = {"traffic": len(traffic), "test": len(test), "skus": len(skus),
                "head_skus": len(head), "attacked": attacked, "rows": rows,
                "seconds": round(time.perf_counter() - t0, 1),
                "artifact": sicot.config.model_version,
-               "localizer": loc.config.model_version if loc else None}
+               "localizer": loc.config.model_version if loc else None,
+               "command": " ".join(sys.argv)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "feedback_eval.json").write_text(json.dumps(summary, indent=2))
     cols = ["all_top1", "all_top3", "head_top1", "tail_top1", "attacked_top1", "rest_top1"]
-    print("| setting | " + " | ".join(cols) + " |")
-    print("|---" * (len(cols) + 1) + "|")
+    print("| setting | " + " | ".join(cols) + " | feedback sent |")
+    print("|---" * (len(cols) + 2) + "|")
     for r in rows:
-        print(f"| {r['setting']} | " + " | ".join(str(r[c]) for c in cols) + " |")
+        print(f"| {r['setting']} | " + " | ".join(str(r[c]) for c in cols)
+              + f" | {r['feedback_sent']} |")
     return 0
+
+
+def torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
 
 
 if __name__ == "__main__":

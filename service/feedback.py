@@ -28,6 +28,7 @@ import io
 import json
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -183,6 +184,13 @@ class FeedbackLog:
                 pipe.hgetall(self.keys.query(rid))
             out += [_decode_query(rid, raw) for rid, raw in zip(chunk, pipe.execute(), strict=True)]
         return out
+
+    def retained_ids(self, count: int = 1000) -> Iterator[str]:
+        """The request ids of every retained query (SCAN; on a cluster, every primary)."""
+        head = self.keys.query("x")[:-2]  # "<prefix>:q:{"
+        for key in self.client.scan_iter(match=f"{head}*}}", count=count):
+            k = _text(key)
+            yield k[len(head):-1]
 
     def delete(self, query: RetainedQuery) -> int:
         """Remove a retained query and its feedback entries; the number of entries removed."""
