@@ -30,6 +30,7 @@ minutes of each part so a recipe's budget is cache + training.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -55,7 +56,7 @@ from training.localizer.cutout import make_cutout  # noqa: E402
 from training.losses import log_prior_from_counts  # noqa: E402
 from training.online_eval import in_test_half  # noqa: E402
 from training.recipe import RECIPE  # noqa: E402
-from training.settings import TrainConfig  # noqa: E402
+from training.settings import TrainConfig, split_source  # noqa: E402
 from training.trunk_cache import (  # noqa: E402
     CacheSource,
     TailRegularizers,
@@ -132,6 +133,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--export", default="", help="comma-separated variants to export")
     p.add_argument("--epochs", type=int, default=0, help="override every variant's epochs")
+    p.add_argument("--extra-train", action="append", default=[], metavar="PATH[:WEIGHT]",
+                   help="more training manifests (e.g. `sku-feedback export` pairs), each image "
+                   "seen WEIGHT times per epoch, viewed like the training set; every variant")
+    p.add_argument("--cache-dir", type=Path, help="where the trunk caches are (default: --out)")
     return p.parse_args(argv)
 
 
@@ -147,6 +152,7 @@ class Study:
     targets: dict[str, np.ndarray] = field(default_factory=dict)
     test_mask: dict[str, np.ndarray] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    extra: list[tuple[list[Any], float, str]] = field(default_factory=list)  # items, weight, digest
 
 
 def base_config(args: argparse.Namespace) -> TrainConfig:
@@ -178,29 +184,45 @@ def build_study(args: argparse.Namespace) -> Study:
     catalog = known_items(load_items(args.data / "catalog" / "manifest.jsonl"), splits.labels)
     st = Study(args, cfg, splits, text, catalog, pcfg)
     lm, source = splits.labels, ImageSource(cache="bytes")
+    cache_dir = args.cache_dir or args.out
+    cache_dir.mkdir(parents=True, exist_ok=True)
     queries = {}
     for spec in args.query:
         name, path = spec.split("=", 1)
         queries[name] = known_items(load_items(path), lm)
-    source.preload(splits.train + splits.heldout + catalog + [q for v in queries.values() for q in v])
+    for spec in args.extra_train:
+        path, weight = split_source(spec)
+        st.extra.append((known_items(load_items(path), lm), weight,
+                         hashlib.sha256(Path(path).read_bytes()).hexdigest()[:10]))
+    source.preload(splits.train + splits.heldout + catalog + [q for v in queries.values() for q in v]
+                   + [it for items, _, _ in st.extra for it in items])
     runner = TrunkRunner(model.backbone, args.cut, args.input_size, "ort", threads=args.threads,
-                         onnx_path=args.out / f"trunk-k{args.cut}-s{args.input_size}.onnx")
+                         onnx_path=cache_dir / f"trunk-k{args.cut}-s{args.input_size}.onnx")
     key = f"k{args.cut}-s{args.input_size}-seed{args.seed}"
     t0 = time.perf_counter()
     aug = BatchAugment(pcfg.mean, pcfg.std, strength=1.0, style=1.0, erasing_p=0.25)
     aug_ds = SkuDataset(splits.train, lm, source, pcfg, seed=args.seed,
                         train_transform=TrainTransform(pcfg, scale=(0.35, 1.0)))
-    st.maps["train"] = _cached(args.out / f"cache-train-{key}-v{args.train_views}.npy",
+    st.maps["train"] = _cached(cache_dir / f"cache-train-{key}-v{args.train_views}.npy",
                                lambda: build_cache(ViewBatches(
                                    SkuDataset(splits.train, lm, source, pcfg), aug_ds, aug,
                                    args.train_views, 64, args.seed), runner, desc="train views"))
     st.timing["cache_train_s"] = time.perf_counter() - t0
+    for n, (items, _, digest) in enumerate(st.extra):
+        # extra sources (e.g. exported real-shot pairs): viewed like the training set
+        extra_aug = SkuDataset(items, lm, source, pcfg, seed=args.seed,
+                               train_transform=TrainTransform(pcfg, scale=(0.35, 1.0)))
+        st.maps[f"extra{n}"] = _cached(
+            cache_dir / f"cache-extra-{digest}-{key}-v{args.train_views}.npy",
+            lambda items=items, extra_aug=extra_aug: build_cache(ViewBatches(
+                SkuDataset(items, lm, source, pcfg), extra_aug, aug, args.train_views, 64,
+                args.seed), runner, desc="extra views"))
     t0 = time.perf_counter()
     cuts = [make_cutout(source.load(it.image)) for it in catalog]
     style = BatchAugment(pcfg.mean, pcfg.std, strength=0.0, style=1.0, erasing_p=0.0)
     views = CustomerViewDataset(catalog, cuts, lm, pcfg, CustomerViewConfig(), seed=args.seed)
     st.maps["catalog_views"] = _cached(
-        args.out / f"cache-catalogviews-{key}-v{args.catalog_views}.npy",
+        cache_dir / f"cache-catalogviews-{key}-v{args.catalog_views}.npy",
         lambda: build_cache(ViewBatches(SkuDataset(catalog, lm, source, pcfg), views, style,
                                         args.catalog_views, 64, args.seed), runner,
                             desc="catalog views"))
@@ -213,7 +235,7 @@ def build_study(args: argparse.Namespace) -> Study:
         st.test_mask[name] = np.asarray([in_test_half(it.image) if name in TEST_SETS else True
                                          for it in items])
     for name, ds in evals.items():
-        st.maps[name] = _cached(args.out / f"cache-eval-{name}-{key}.npy", lambda ds=ds, n=name: build_cache(
+        st.maps[name] = _cached(cache_dir / f"cache-eval-{name}-{key}.npy", lambda ds=ds, n=name: build_cache(
             ViewBatches(ds, None, None, 1, 64), runner, desc=f"trunk {n}")[:, 0])
         st.targets[name] = ds.targets.numpy()
     st.test_mask["heldout"] = np.ones(len(splits.heldout), bool)
@@ -248,6 +270,12 @@ def sources_for(st: Study, v: Variant) -> list[CacheSource]:
         out.append(CacheSource(maps[keep] if not keep.all() else maps, y[keep], cats[y[keep]],
                                ids[keep], mask[keep], per_epoch=int(keep.sum()) * v.catalog_per_epoch,
                                name="catalog"))
+    for n, (items, weight, _) in enumerate(st.extra):
+        idx = lm.index_of()
+        y = torch.tensor([idx[it.sku_id] for it in items])
+        ids, mask = st.text.vocab.encode([it.title for it in items], st.cfg.max_title_len)
+        out.append(CacheSource(st.maps[f"extra{n}"], y, cats[y], ids, mask,
+                               per_epoch=max(1, round(len(items) * weight)), name=f"extra{n}"))
     return out
 
 
@@ -269,7 +297,7 @@ def score(st: Study, model: Any, v: Variant) -> dict[str, Any]:
     emb_c /= np.linalg.norm(emb_c, axis=1, keepdims=True).clip(1e-12)
     row_sku = np.asarray([it.sku_id for it in st.catalog])[index_rows]
     res: dict[str, Any] = {}
-    for name in [n for n in st.maps if n not in ("train", "catalog_views", "catalog")]:
+    for name in [n for n in st.maps if n in st.test_mask]:  # the scored sets
         keep = st.test_mask[name]
         out = predict_on_cache(model, st.maps[name][keep])
         y = st.targets[name][keep]
@@ -317,7 +345,7 @@ def cache_setup(args: argparse.Namespace) -> dict[str, Any]:
     """What a trained run depends on besides its variant: the caches it was trained on."""
     return {"data": str(args.data), "input_size": args.input_size, "cut": args.cut,
             "train_views": args.train_views, "catalog_views": args.catalog_views,
-            "seed": args.seed}
+            "seed": args.seed, "extra_train": args.extra_train}
 
 
 def variant_config(st: Study, v: Variant) -> TrainConfig:

@@ -130,36 +130,53 @@ class Setting:
     true_box: bool = False  # the naive calibration: traffic's true-box crops are retained
     adabn: str | None = None  # AdaBN scope on the retained traffic crops (training.adabn)
     index_weight: float | None = None  # OnlineConfig.index_weight (None: the default)
+    retrained: bool = False  # serve --retrained instead of --artifact
+
+
+ROW_GROUPS = ("grid", "adversary", "extras", "adabn", "retrained")
 
 
 def settings(args: argparse.Namespace) -> list[Setting]:
+    groups = set(args.rows.split(","))
+    if groups - set(ROW_GROUPS):
+        raise SystemExit(f"--rows: unknown group(s) {sorted(groups - set(ROW_GROUPS))}")
     out = [Setting("today (no feedback)", feedback=False)]
-    out += [Setting(f"same-night index feedback, p={p}, e={e} (gate)", float(p), float(e))
-            for p in args.ps.split(",") for e in args.es.split(",")]
-    out += [Setting("same-night index feedback, p=0.3, e=0.1, + adversary (gate)", 0.3, 0.1, True),
-            Setting("same-night index feedback, p=0.3, e=0.1, + adversary (no gate)", 0.3, 0.1,
-                    True, "no gate")]
-    if not args.extras:
-        return out
+    if "grid" in groups:
+        out += [Setting(f"same-night index feedback, p={p}, e={e} (gate)", float(p), float(e))
+                for p in args.ps.split(",") for e in args.es.split(",")]
+    if "adversary" in groups:
+        out += [Setting("same-night index feedback, p=0.3, e=0.1, + adversary (gate)", 0.3, 0.1,
+                        True),
+                Setting("same-night index feedback, p=0.3, e=0.1, + adversary (no gate)", 0.3,
+                        0.1, True, "no gate")]
     w = args.index_weight
-    out += [
-        Setting("same-night index feedback, p=0.3, e=0.1 (single key)", 0.3, 0.1, False,
-                "single key"),
-        Setting("same-night index feedback, p=0.3, e=0.1, + adversary (single key)", 0.3, 0.1,
-                True, "single key"),
-        Setting("naive: true-box crops, p=0.3, e=0 (no gate)", 0.3, 0.0, False, "no gate",
-                true_box=True),
-        Setting(f"today, index weight {w}", feedback=False, index_weight=w),
-        Setting(f"same-night index feedback, p=0.3, e=0.1 (gate), index weight {w}", 0.3, 0.1,
-                index_weight=w),
-        Setting(f"same-night index feedback, p=0.3, e=0.1 (single key), index weight {w}", 0.3,
-                0.1, False, "single key", index_weight=w),
-    ]
-    for scope in [x for x in args.adabn.split(",") if x]:
-        out += [Setting(f"AdaBN ({scope}) on the traffic crops, no feedback", feedback=False,
-                        adabn=scope),
-                Setting(f"AdaBN ({scope}) + same-night index feedback, p=0.3, e=0.1 (gate)", 0.3,
-                        0.1, adabn=scope)]
+    if "extras" in groups:
+        out += [
+            Setting("same-night index feedback, p=0.3, e=0.1 (single key)", 0.3, 0.1, False,
+                    "single key"),
+            Setting("same-night index feedback, p=0.3, e=0.1, + adversary (single key)", 0.3,
+                    0.1, True, "single key"),
+            Setting("naive: true-box crops, p=0.3, e=0 (no gate)", 0.3, 0.0, False, "no gate",
+                    true_box=True),
+            Setting(f"today, index weight {w}", feedback=False, index_weight=w),
+            Setting(f"same-night index feedback, p=0.3, e=0.1 (gate), index weight {w}", 0.3,
+                    0.1, index_weight=w),
+            Setting(f"same-night index feedback, p=0.3, e=0.1 (single key), index weight {w}",
+                    0.3, 0.1, False, "single key", index_weight=w),
+        ]
+    if "adabn" in groups:
+        for scope in [x for x in args.adabn.split(",") if x]:
+            out += [Setting(f"AdaBN ({scope}) on the traffic crops, no feedback",
+                            feedback=False, adabn=scope),
+                    Setting(f"AdaBN ({scope}) + same-night index feedback, p=0.3, e=0.1 (gate)",
+                            0.3, 0.1, adabn=scope)]
+    if "retrained" in groups:
+        if args.retrained is None:
+            raise SystemExit("--rows retrained needs --retrained ARTIFACT")
+        out += [Setting("retrained on the exported pairs (p=0.3, e=0.1, gate), no index "
+                        "feedback", feedback=False, retrained=True),
+                Setting("retrained + same-night index feedback, p=0.3, e=0.1 (gate)", 0.3, 0.1,
+                        retrained=True)]
     return out
 
 
@@ -172,13 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--ps", default="0.1,0.3,1.0")
     ap.add_argument("--es", default="0,0.1")
-    ap.add_argument("--extras", action="store_true",
-                    help="also: the single-key policy, the naive true-box calibration, a "
-                    "higher index weight, and AdaBN (--adabn)")
+    ap.add_argument("--rows", default="grid,adversary",
+                    help="row groups besides today's: grid (p x e, gate), adversary (with and "
+                    "without the gate), extras (the single-key policy, the naive true-box "
+                    "calibration, a higher index weight), adabn, retrained")
+    ap.add_argument("--export-pairs", type=Path,
+                    help="write the accepted pairs of p=0.3, e=0.1 (gate) as `sku-feedback "
+                    "export` does (the training manifest of the weekly retraining)")
+    ap.add_argument("--retrained", type=Path, help="the artifact retrained on those pairs")
     ap.add_argument("--index-weight", type=float, default=0.75,
-                    help="the index weight of the --extras rows")
+                    help="the index weight of the extras rows")
     ap.add_argument("--adabn", default="trunk,backbone",
-                    help="AdaBN scopes of the --extras rows (training.adabn; '' = none)")
+                    help="AdaBN scopes of the adabn rows (training.adabn)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (AdaBN)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -229,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         adapted: dict[str, Path] = {}
         for n, st in enumerate(settings(args)):
             t1 = time.perf_counter()
-            artifact_dir = args.artifact
+            artifact_dir = args.retrained if st.retrained else args.artifact
             if st.adabn is not None:
                 if st.adabn not in adapted:
                     from training.adabn import adabn_artifact
@@ -249,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
                 sent = simulate(flog, traffic, crops[st.true_box], answers, skus, st.p, st.e,
                                 st.adversary, attacked, shoppers)
             snap, store, notes = publish(prefix, st.feedback, POLICIES[st.policy], artifact_dir)
+            if (args.export_pairs and (st.p, st.e, st.adversary, st.policy) == (0.3, 0.1, False, "gate")
+                    and artifact_dir == args.artifact and not args.export_pairs.exists()):
+                export_pairs(url, prefix, artifact_dir, args.catalog, args.export_pairs)
             res = scores(run_all(recognizer(artifact_dir, st.index_weight), snap, store, test),
                          test, head, set(attacked))
             rows.append({"setting": st.name, **res, "feedback_sent": sent, "notes": notes,
@@ -270,6 +295,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['setting']} | " + " | ".join(str(r[c]) for c in cols)
               + f" | {r['feedback_sent']} |")
     return 0
+
+
+def export_pairs(url: str, prefix: str, artifact_dir: Path, catalog: Path, out: Path) -> None:
+    """``sku-feedback export`` of one setting's feedback (its key prefix, the default gate)."""
+    from index_builder.feedback_cli import export
+
+    s = IndexBuilderSettings(redis_url=url, key_prefix=prefix, artifact_dir=artifact_dir,
+                             feedback=POLICIES["gate"])
+    summary = export(s, catalog, out)
+    print(f"exported {summary['pairs']} pairs of {summary['skus']} SKUs to {out}", flush=True)
 
 
 def torch_threads(n: int) -> None:
