@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             crops[False].append(encode_jpeg(img.crop(crop_rect(r.box, 0.0, img.size)), 256))
             true = it.box if it.box is not None else (0, 0, *img.size)
             crops[True].append(encode_jpeg(img.crop(crop_rect(true, 0.0, img.size)), 256))
-            answers.append({"candidates": [{"sku_id": c.sku_id} for c in r.candidates]})
+            answers.append({"candidates": [{"sku_id": c.sku_id} for c in r.candidates],
+                            "shortlist": r.main.shortlist})
         adapted: dict[str, Path] = {}
         for n, st in enumerate(settings(args)):
             t1 = time.perf_counter()

@@ -103,7 +103,7 @@ def collect_feedback(flog: FeedbackLog, policy: FeedbackPolicy, catalog: Sequenc
         elif sku not in first:
             pending.counts["unknown_sku"] += 1
         else:
-            pending.rows.append(Labelled(rid, sku, owner, ts, sku in q.candidates))
+            pending.rows.append(Labelled(rid, sku, owner, ts, q.model_listed(sku)))
             pending.queries.append(q)
     return pending
 

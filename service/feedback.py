@@ -95,6 +95,15 @@ class RetainedQuery:
         return [c["sku_id"] for c in self.answer.get("candidates", [])]
 
     @property
+    def shortlist(self) -> list[str]:
+        """The model's most likely SKUs for the crop (``OnlineConfig.shortlist``)."""
+        return [str(s) for s in self.answer.get("shortlist", [])]
+
+    def model_listed(self, sku_id: str) -> bool:
+        """Did the model name ``sku_id`` for this crop (an answer or its shortlist)?"""
+        return sku_id in self.candidates or sku_id in self.shortlist
+
+    @property
     def top1(self) -> str | None:
         c = self.candidates
         return c[0] if c else None

@@ -15,7 +15,9 @@ is wrong.  The gate, all steps configurable in :class:`FeedbackPolicy`:
    random wrong labels disagrees with the model almost always; honest users rarely do);
 3. **votes**: a row needs ``min_votes`` votes from distinct voters: its own key, every other
    key that gave the same SKU to a near-identical crop (cosine ≥ ``agree_sim``), and the model
-   when the SKU was among its retained candidates, unless the key is a bulk sender (at least
+   when the SKU was among its retained candidates or its retained *shortlist* (the
+   classifier's most likely SKUs: at most 50 and at most 5 % of the catalog,
+   ``OnlineConfig.shortlist``), unless the key is a bulk sender (at least
    ``bulk_labels`` labels in the window: with a small catalog a random label lands in the
    top-k often enough to pass step 2); more distinct keys naming another SKU for near-identical
    crops outvote it.  Trusted keys (``trusted_keys``) skip 2–3: a deployment whose app sends

@@ -5,6 +5,7 @@ and what comes back (:class:`Recognition`, one :class:`ObjectRecognition` per ob
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -72,6 +73,15 @@ class OnlineConfig:
     category_top_n: int | None = 3
     category_cum_prob: float | None = 0.95
     index_weight: float = 0.5  # share of the neighbours in the final SKU score
+    # the classifier's most likely SKUs of each object (unconstrained), kept with a retained
+    # query: the feedback gate's model vote (service.feedback_gate).  At most ``shortlist``
+    # and at most ``shortlist_share`` of the catalog, so that on a small catalog a random
+    # label is still unlikely to be listed; 0 = none
+    shortlist: int = 50
+    shortlist_share: float = 0.05
+
+    def shortlist_size(self, num_classes: int) -> int:
+        return min(self.shortlist, math.ceil(self.shortlist_share * num_classes))
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
 
 
@@ -105,6 +115,7 @@ class ObjectRecognition:
     box_source: BoxSource
     box_score: float | None
     detection: tuple[float, float, float, float] | None = None  # the localizer's box, no margin
+    shortlist: list[str] = field(default_factory=list)  # OnlineConfig.shortlist, most likely first
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ class _Ranked:
     p_vote: np.ndarray
     p_fused: np.ndarray
     allowed: np.ndarray
+    shortlist: list[str]
 
 
 class Recognizer:
@@ -249,7 +250,8 @@ class Recognizer:
             k=top_k + 5, weight=cfg.index_weight, temperature=cfg.index_temperature,
             known_sku_ids=self.known_skus,
         )
-        return _Ranked(merged, p_model, p_vote, p_fused, allowed)
+        return _Ranked(merged, p_model, p_vote, p_fused, allowed,
+                       [self.sku_ids[i] for i in top_n(sku_logits, cfg.shortlist_size(len(self.sku_ids)))])
 
     def _object(self, r: _Ranked, metas: dict[str, dict[str, Any] | None], emb: np.ndarray,
                 snap: IndexSnapshot, located: Located, crop: tuple[float, float, float, float],
@@ -277,8 +279,18 @@ class Recognizer:
             category_vote=r.p_vote, category_fused=r.p_fused,
             constrained_to=[c for c, a in zip(self.categories, r.allowed, strict=True) if a],
             box=crop if src == "localizer" else box, box_source=src, box_score=box_score,
-            detection=box if src == "localizer" else None,
+            detection=box if src == "localizer" else None, shortlist=r.shortlist,
         )
+
+
+def top_n(scores: np.ndarray, n: int) -> list[int]:
+    """Indices of the ``n`` largest ``scores``, largest first."""
+    x = np.asarray(scores).reshape(-1)
+    n = min(n, x.size)
+    if n <= 0:
+        return []
+    part = np.argpartition(-x, n - 1)[:n]
+    return [int(i) for i in part[np.argsort(-x[part], kind="stable")]]
 
 
 def clip_roi(

@@ -84,3 +84,40 @@ def test_votes_quota_trust_cap_and_dedup() -> None:
     assert res.accepted == [4] and res.rejected["duplicate"] == 4
     res = gate(users[:1], same[:1], FeedbackPolicy(), catalog={"S2": same[:1]})
     assert res.accepted == [] and res.rejected["duplicate"] == 1
+
+
+def test_the_model_votes_for_labels_in_its_shortlist(redis_client, redis_key_prefix) -> None:  # type: ignore[no-untyped-def]
+    """A label outside the answered top-k but among the model's retained shortlist gets the
+    model's vote; one the model never listed does not (real Redis, the builder's reader)."""
+    from index_builder.feedback import collect_feedback
+    from service.catalog import CatalogItem
+    from service.feedback import FeedbackLog
+
+    flog = FeedbackLog(redis_client, redis_key_prefix)
+    answer = {"candidates": [{"sku_id": "A"}], "shortlist": ["A", "B"]}
+    for rid, label in (("q1", "B"), ("q2", "C"), ("q3", "A")):
+        assert flog.retain(rid, "k", b"jpeg", answer, 3600)
+        query = flog.get(rid)
+        assert query is not None
+        flog.record(query, "correct", label, None, 1000)
+    catalog = [CatalogItem(image=f"{s}.jpg", sku_id=s) for s in "ABC"]
+    pending = collect_feedback(flog, FeedbackPolicy(), catalog)
+    listed = {r.request_id: r.in_candidates for r in pending.rows}
+    assert listed == {"q1": True, "q2": False, "q3": True}
+    # an answer retained before shortlists existed: only its candidates count
+    assert flog.retain("q4", "k", b"jpeg", {"candidates": [{"sku_id": "A"}]}, 3600)
+    old = flog.get("q4")
+    assert old is not None and old.shortlist == [] and not old.model_listed("B")
+
+
+def test_shortlist_size_and_order() -> None:
+    from service.recognition import OnlineConfig
+    from service.recognizer import top_n
+
+    scores = np.asarray([0.1, 0.9, 0.3, 0.9, -1.0])
+    assert top_n(scores, 3) == [1, 3, 2]
+    assert top_n(scores, 10) == [1, 3, 2, 0, 4] and top_n(scores, 0) == []
+    cfg = OnlineConfig()
+    # at most 50, and at most 5 % of the catalog: a random label is rarely listed
+    assert cfg.shortlist_size(1513) == 50 and cfg.shortlist_size(20) == 1
+    assert cfg.shortlist_size(1_000_000) == 50 and OnlineConfig(shortlist=0).shortlist_size(99) == 0

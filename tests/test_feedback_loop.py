@@ -109,6 +109,9 @@ def test_retention_keeps_a_small_crop_and_the_answer_with_a_ttl(
     answer = json.loads(h[b"answer"])
     assert [c["sku_id"] for c in answer["candidates"]] == [c["sku_id"] for c in body["candidates"]]
     assert answer["index_version"] == body["index_version"] and answer["box"] == body["box"]["pixels"]
+    # the model's shortlist for the feedback gate: at most 5 % of the 20 demo SKUs, i.e. its
+    # most likely SKU
+    assert len(answer["shortlist"]) == 1 and isinstance(answer["shortlist"][0], str)
     assert 7 * 86400 - 60 < redis.ttl(key) <= 7 * 86400
     # another key re-using the request id neither overwrites nor reads it
     again = _recognize(client, demo_catalog, _queries(demo_catalog)[1], "ret-1", B)

@@ -39,7 +39,8 @@ def retain(state: ServiceState, request_id: str, owner: str, img: Image.Image, r
                   "localizer_version": resp.localizer_version,
                   "index_version": resp.index_version,
                   "candidates": [{"sku_id": c.sku_id, "score": c.score, "source": c.source}
-                                 for c in resp.candidates]}
+                                 for c in resp.candidates],
+                  "shortlist": r.main.shortlist}
         kept = FeedbackLog(state.redis_client, s.key_prefix).retain(
             request_id, owner, crop, answer, s.retention_ttl_s, photo)
     except Exception as exc:  # noqa: BLE001 - Redis down or full: answer anyway

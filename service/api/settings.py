@@ -127,6 +127,9 @@ class ServiceSettings(BaseSettings):
     retention_ttl_s: int = Field(7 * 86400, ge=60, description="how long a query is kept")
     retain_crop_side: int = Field(256, ge=32, le=2048, description="longest side of the crop")
     retain_photo_side: int = Field(1024, ge=64, le=8192, description="... of the whole photo")
+    retain_shortlist: int = Field(
+        50, ge=0, le=1000, description="the model's most likely SKUs kept with a retained "
+        "query: the feedback gate counts a label among them as the model's vote")
     feedback_per_minute: int = Field(60, ge=1, description="POST /feedback per key per minute")
     feedback_stream_maxlen: int = Field(
         1_000_000, ge=1000, description="entries the feedback stream keeps (MAXLEN ~)")

@@ -102,7 +102,7 @@ class ServiceState:
         )
         online = OnlineConfig(
             margin=s.localizer_margin, search_k=s.search_k, localizer=loc_cfg,
-            filter_max_search_k=s.filter_max_search_k,
+            filter_max_search_k=s.filter_max_search_k, shortlist=s.retain_shortlist,
             fusion_weight=float(sicot.config.evaluation.get("fusion_weight", FUSION_WEIGHT)),
         )
         self.recognizer = Recognizer(sicot, localizer, online, run_sicot=run)
