@@ -133,7 +133,7 @@ class Setting:
     retrained: bool = False  # serve --retrained instead of --artifact
 
 
-ROW_GROUPS = ("grid", "adversary", "extras", "adabn", "retrained")
+ROW_GROUPS = ("grid", "adversary", "adversary-gate", "extras", "adabn", "retrained")
 
 
 def settings(args: argparse.Namespace) -> list[Setting]:
@@ -144,6 +144,9 @@ def settings(args: argparse.Namespace) -> list[Setting]:
     if "grid" in groups:
         out += [Setting(f"same-night index feedback, p={p}, e={e} (gate)", float(p), float(e))
                 for p in args.ps.split(",") for e in args.es.split(",")]
+    if "adversary-gate" in groups and "adversary" not in groups:
+        out.append(Setting("same-night index feedback, p=0.3, e=0.1, + adversary (gate)", 0.3,
+                           0.1, True))
     if "adversary" in groups:
         out += [Setting("same-night index feedback, p=0.3, e=0.1, + adversary (gate)", 0.3, 0.1,
                         True),
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--es", default="0,0.1")
     ap.add_argument("--rows", default="grid,adversary",
                     help="row groups besides today's: grid (p x e, gate), adversary (with and "
-                    "without the gate), extras (the single-key policy, the naive true-box "
+                    "without the gate; adversary-gate: with it only), extras (the single-key policy, the naive true-box "
                     "calibration, a higher index weight), adabn, retrained")
     ap.add_argument("--export-pairs", type=Path,
                     help="write the accepted pairs of p=0.3, e=0.1 (gate) as `sku-feedback "
