@@ -133,13 +133,19 @@ class Setting:
     retrained: bool = False  # serve --retrained instead of --artifact
 
 
-ROW_GROUPS = ("grid", "adversary", "adversary-gate", "extras", "adabn", "retrained")
+ROW_GROUPS = ("grid", "adversary", "adversary-gate", "policy", "policy-adversary", "naive",
+              "weight", "extras", "adabn", "adabn-feedback", "retrained")
+EXTRAS = ("policy", "policy-adversary", "naive", "weight")  # what --rows extras stands for
 
 
 def settings(args: argparse.Namespace) -> list[Setting]:
     groups = set(args.rows.split(","))
     if groups - set(ROW_GROUPS):
         raise SystemExit(f"--rows: unknown group(s) {sorted(groups - set(ROW_GROUPS))}")
+    if "extras" in groups:
+        groups |= set(EXTRAS)
+    if "adabn" in groups and args.rows_adabn_feedback:
+        groups.add("adabn-feedback")
     out = [Setting("today (no feedback)", feedback=False)]
     if "grid" in groups:
         out += [Setting(f"same-night index feedback, p={p}, e={e} (gate)", float(p), float(e))
@@ -152,27 +158,31 @@ def settings(args: argparse.Namespace) -> list[Setting]:
                         True),
                 Setting("same-night index feedback, p=0.3, e=0.1, + adversary (no gate)", 0.3,
                         0.1, True, "no gate")]
+    if "policy" in groups:
+        out.append(Setting("same-night index feedback, p=0.3, e=0.1 (single key)", 0.3, 0.1,
+                           False, "single key"))
+    if "policy-adversary" in groups:
+        out.append(Setting("same-night index feedback, p=0.3, e=0.1, + adversary (single key)",
+                           0.3, 0.1, True, "single key"))
+    if "naive" in groups:
+        out.append(Setting("naive: true-box crops, p=0.3, e=0 (no gate)", 0.3, 0.0, False,
+                           "no gate", true_box=True))
     w = args.index_weight
-    if "extras" in groups:
+    if "weight" in groups:
         out += [
-            Setting("same-night index feedback, p=0.3, e=0.1 (single key)", 0.3, 0.1, False,
-                    "single key"),
-            Setting("same-night index feedback, p=0.3, e=0.1, + adversary (single key)", 0.3,
-                    0.1, True, "single key"),
-            Setting("naive: true-box crops, p=0.3, e=0 (no gate)", 0.3, 0.0, False, "no gate",
-                    true_box=True),
             Setting(f"today, index weight {w}", feedback=False, index_weight=w),
             Setting(f"same-night index feedback, p=0.3, e=0.1 (gate), index weight {w}", 0.3,
                     0.1, index_weight=w),
             Setting(f"same-night index feedback, p=0.3, e=0.1 (single key), index weight {w}",
                     0.3, 0.1, False, "single key", index_weight=w),
         ]
-    if "adabn" in groups:
-        for scope in [x for x in args.adabn.split(",") if x]:
-            out += [Setting(f"AdaBN ({scope}) on the traffic crops, no feedback",
-                            feedback=False, adabn=scope),
-                    Setting(f"AdaBN ({scope}) + same-night index feedback, p=0.3, e=0.1 (gate)",
-                            0.3, 0.1, adabn=scope)]
+    for scope in [x for x in args.adabn.split(",") if x]:
+        if "adabn" in groups:
+            out.append(Setting(f"AdaBN ({scope}) on the traffic crops, no feedback",
+                               feedback=False, adabn=scope))
+        if "adabn-feedback" in groups:
+            out.append(Setting(f"AdaBN ({scope}) + same-night index feedback, p=0.3, e=0.1 "
+                               "(gate)", 0.3, 0.1, adabn=scope))
     if "retrained" in groups:
         if args.retrained is None:
             raise SystemExit("--rows retrained needs --retrained ARTIFACT")
@@ -193,9 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ps", default="0.1,0.3,1.0")
     ap.add_argument("--es", default="0,0.1")
     ap.add_argument("--rows", default="grid,adversary",
-                    help="row groups besides today's: grid (p x e, gate), adversary (with and "
-                    "without the gate; adversary-gate: with it only), extras (the single-key policy, the naive true-box "
-                    "calibration, a higher index weight), adabn, retrained")
+                    help="row groups besides today's: grid (p x e, gate); adversary (with and "
+                    "without the gate; adversary-gate: with it only); policy (the single-key "
+                    "policy; policy-adversary: with the adversary); naive (the true-box "
+                    "calibration); weight (a higher index weight); extras (these four); adabn "
+                    "(adabn-feedback: with feedback); retrained")
+    ap.add_argument("--rows-adabn-feedback", action=argparse.BooleanOptionalAction,
+                    default=True, help="--rows adabn includes adabn-feedback")
     ap.add_argument("--export-pairs", type=Path,
                     help="write the accepted pairs of p=0.3, e=0.1 (gate) as `sku-feedback "
                     "export` does (the training manifest of the weekly retraining)")
