@@ -102,7 +102,9 @@ class ServiceState:
         )
         online = OnlineConfig(
             margin=s.localizer_margin, search_k=s.search_k, localizer=loc_cfg,
-            filter_max_search_k=s.filter_max_search_k, shortlist=s.retain_shortlist,
+            filter_max_search_k=s.filter_max_search_k,
+            # the shortlist only serves retained queries: no per-request top-N otherwise
+            shortlist=s.retain_shortlist if s.retain_queries else 0,
             fusion_weight=float(sicot.config.evaluation.get("fusion_weight", FUSION_WEIGHT)),
         )
         self.recognizer = Recognizer(sicot, localizer, online, run_sicot=run)
