@@ -131,10 +131,11 @@ class Setting:
     adabn: str | None = None  # AdaBN scope on the retained traffic crops (training.adabn)
     index_weight: float | None = None  # OnlineConfig.index_weight (None: the default)
     retrained: bool = False  # serve --retrained instead of --artifact
+    pseudo: bool = False  # FeedbackPolicy.pseudo_labels (confident unlabelled traffic → rows)
 
 
 ROW_GROUPS = ("grid", "adversary", "adversary-gate", "policy", "policy-adversary", "naive",
-              "weight", "extras", "adabn", "adabn-feedback", "retrained")
+              "weight", "extras", "adabn", "adabn-feedback", "retrained", "pseudo")
 EXTRAS = ("policy", "policy-adversary", "naive", "weight")  # what --rows extras stands for
 
 
@@ -183,6 +184,12 @@ def settings(args: argparse.Namespace) -> list[Setting]:
         if "adabn-feedback" in groups:
             out.append(Setting(f"AdaBN ({scope}) + same-night index feedback, p=0.3, e=0.1 "
                                "(gate)", 0.3, 0.1, adabn=scope))
+    if "pseudo" in groups:
+        out += [Setting("pseudo-labels only (no feedback)", 0.0, 0.0, pseudo=True),
+                Setting("pseudo-labels + same-night index feedback, p=0.3, e=0.1 (gate)", 0.3,
+                        0.1, pseudo=True),
+                Setting("pseudo-labels + same-night index feedback, p=0.3, e=0.1, + adversary "
+                        "(gate)", 0.3, 0.1, True, pseudo=True)]
     if "retrained" in groups:
         if args.retrained is None:
             raise SystemExit("--rows retrained needs --retrained ARTIFACT")
@@ -207,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                     "without the gate; adversary-gate: with it only); policy (the single-key "
                     "policy; policy-adversary: with the adversary); naive (the true-box "
                     "calibration); weight (a higher index weight); extras (these four); adabn "
-                    "(adabn-feedback: with feedback); retrained")
+                    "(adabn-feedback: with feedback); retrained; pseudo (pseudo-labels alone, with "
+                    "feedback, with the adversary)")
     ap.add_argument("--rows-adabn-feedback", action=argparse.BooleanOptionalAction,
                     default=True, help="--rows adabn includes adabn-feedback")
     ap.add_argument("--export-pairs", type=Path,
@@ -264,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             crops[False].append(encode_jpeg(img.crop(crop_rect(r.box, 0.0, img.size)), 256))
             true = it.box if it.box is not None else (0, 0, *img.size)
             crops[True].append(encode_jpeg(img.crop(crop_rect(true, 0.0, img.size)), 256))
-            answers.append({"candidates": [{"sku_id": c.sku_id} for c in r.candidates],
+            # what the service retains (service/api/retention.py): the gate and the
+            # pseudo-labels read the candidates' SKUs, scores and sources and the shortlist
+            answers.append({"candidates": [{"sku_id": c.sku_id, "score": c.score,
+                                            "source": c.source} for c in r.candidates],
                             "shortlist": r.main.shortlist})
         adapted: dict[str, Path] = {}
         for n, st in enumerate(settings(args)):
@@ -288,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
                 shoppers = args.seed * 1_000_003 + round(st.p * 1000) * 1000 + round(st.e * 1000)
                 sent = simulate(flog, traffic, crops[st.true_box], answers, skus, st.p, st.e,
                                 st.adversary, attacked, shoppers)
-            snap, store, notes = publish(prefix, st.feedback, POLICIES[st.policy], artifact_dir)
-            if (args.export_pairs and (st.p, st.e, st.adversary, st.policy) == (0.3, 0.1, False, "gate")
+            policy = POLICIES[st.policy].model_copy(update={"pseudo_labels": st.pseudo})
+            snap, store, notes = publish(prefix, st.feedback, policy, artifact_dir)
+            if (args.export_pairs and not st.pseudo
+                    and (st.p, st.e, st.adversary, st.policy) == (0.3, 0.1, False, "gate")
                     and artifact_dir == args.artifact and not args.export_pairs.exists()):
                 export_pairs(url, prefix, artifact_dir, args.catalog, args.export_pairs)
             res = scores(run_all(recognizer(artifact_dir, st.index_weight), snap, store, test),

@@ -83,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
                    "Product Search CSV")
     b.add_argument("--feedback", action="store_true", help="add accepted user feedback of the "
                    "retention window as extra reference rows (SKU_INDEX_FEEDBACK__* policy)")
+    b.add_argument("--pseudo-labels", action="store_true", help="implies --feedback; also add "
+                   "confident, index-consistent retained queries without feedback as rows of "
+                   "their top-1 (SKU_INDEX_FEEDBACK__PSEUDO_LABELS; off by default: see "
+                   "docs/results/feedback-loop.md for what it measured)")
     u = sub.add_parser("update", parents=[common, writes], help="apply a delta manifest "
                        "(upserts, deletes) to the current version as a new version")
     u.add_argument("--delta", type=Path, required=True, help="JSONL with optional \"op\": "
@@ -115,6 +119,8 @@ def _settings(args: argparse.Namespace) -> IndexBuilderSettings:
         spec = spec.model_copy(update={"binary": spec.binary.model_copy(
             update={"kind": args.binary})})
     updates: dict[str, Any] = {"index": spec}
+    if getattr(args, "pseudo_labels", False):
+        updates["feedback"] = settings.feedback.model_copy(update={"pseudo_labels": True})
     if getattr(args, "no_gc", False):
         updates["gc_after_publish"] = False
     return settings.model_copy(update=updates)
@@ -129,7 +135,8 @@ def _run_writes(args: argparse.Namespace, runner: Runner) -> int:
     try:
         if args.command == "build":
             build(runner, args.catalog, version=args.version_id, force=args.force,
-                  dry_run=args.dry_run, report=report, feedback=args.feedback)
+                  dry_run=args.dry_run, report=report,
+                  feedback=args.feedback or args.pseudo_labels)
         else:
             update(runner, args.delta, version=args.version_id, force=args.force,
                    dry_run=args.dry_run, report=report)

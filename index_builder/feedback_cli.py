@@ -47,10 +47,12 @@ def _parser() -> argparse.ArgumentParser:
 def export(settings: IndexBuilderSettings, catalog: Path, out: Path) -> dict[str, Any]:
     """Write the export (module docstring); its summary."""
     items = read_rows(catalog).items
+    # labels users gave only: a pseudo-label is the model's own answer, nothing to learn from
+    policy = settings.feedback.model_copy(update={"pseudo_labels": False})
     with redis_connection(settings.redis_url) as (client, _url):
         flog = FeedbackLog(client, settings.key_prefix)
-        pending = collect_feedback(flog, settings.feedback, items)
-        fb = accept_feedback(pending, Runner(settings).artifact(), settings.feedback,
+        pending = collect_feedback(flog, policy, items)
+        fb = accept_feedback(pending, Runner(settings).artifact(), policy,
                              batch_size=settings.batch_size)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -62,7 +64,7 @@ def export(settings: IndexBuilderSettings, catalog: Path, out: Path) -> dict[str
                                extra={k: item.extra[k] for k in ("source", "request_id")}))
     write_jsonl(rows, out / "manifest.jsonl")
     summary = {"pairs": len(rows), "skus": len({r.sku_id for r in rows}), "counts": fb.counts,
-               "policy": settings.feedback.model_dump(mode="json"), "catalog": str(catalog)}
+               "policy": policy.model_dump(mode="json"), "catalog": str(catalog)}
     (out / "export.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -28,6 +28,14 @@ is wrong.  The gate, all steps configurable in :class:`FeedbackPolicy`:
 
 So one key alone can add at most ``max_rows_per_key_per_sku`` rows to a SKU, and only for
 photos the model already placed near that SKU: it cannot move a SKU's answers.
+
+**Pseudo-labels** (``pseudo_labels``, off by default): a retained query nobody gave feedback
+for becomes a row of its answer's top-1 SKU when the recognizer was confident (fused score
+≥ ``pseudo_min_score``, named by the classifier *and* the index: source ``both``) and the
+nearest catalog row of the crop, embedded by the building artifact, is of that SKU
+(:func:`pseudo_label`, ``index_builder.feedback``).  No user names the label, so no flood of
+labels can steer it; a key dropped by step 2 contributes none, and the quotas of step 4 apply
+with ``pseudo_max_rows_per_sku``.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -62,6 +71,11 @@ class FeedbackPolicy(BaseModel):
     max_rows_per_sku: int = Field(20, ge=1)
     dedup_sim: float = Field(0.98, ge=-1, le=2, description="near-duplicate (cosine); above "
                              "1: no de-duplication")
+    pseudo_labels: bool = Field(False, description="also add confident, index-consistent "
+                                "retained queries without feedback as rows of their top-1")
+    pseudo_min_score: float = Field(0.5, ge=0, le=1, description="the answer's top-1 fused "
+                                    "score a pseudo-label needs")
+    pseudo_max_rows_per_sku: int = Field(5, ge=1, description="pseudo-labelled rows per SKU")
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,30 @@ class Labelled:
 class GateResult:
     accepted: list[int]  # indices into the gate's input, most recent first
     rejected: Counter[str] = field(default_factory=Counter)
+    bad_keys: set[str] = field(default_factory=set)  # dropped whole by key reputation
+
+
+def pseudo_label(answer: Mapping[str, Any], min_score: float) -> str | None:
+    """The retained answer's top-1 SKU when the recognizer was confident about it: fused score
+    ≥ ``min_score`` and named by both the classifier and the index; else ``None``."""
+    cands = answer.get("candidates") or []
+    if not cands:
+        return None
+    top = cands[0]
+    if top.get("source") != "both" or float(top.get("score", 0.0)) < min_score:
+        return None
+    return str(top["sku_id"])
+
+
+def nearest_catalog_sku(emb: np.ndarray, catalog: Mapping[str, np.ndarray]) -> list[str]:
+    """For each row of ``emb``, the SKU of its most similar catalog row (``catalog``: SKU → its
+    rows' embeddings, all L2-normalised): the index-consistency check of a pseudo-label."""
+    skus = list(catalog)
+    if not skus or not len(emb):
+        return [""] * len(emb)
+    ref = np.concatenate([catalog[s] for s in skus])
+    owner = np.repeat(np.arange(len(skus)), [len(catalog[s]) for s in skus])
+    return [skus[owner[j]] for j in np.argmax(emb @ ref.T, axis=1)]
 
 
 def one_label_per_request(entries: Sequence[tuple[str, str, str, str, float]],
@@ -120,6 +158,7 @@ def gate(rows: Sequence[Labelled], emb: np.ndarray, policy: FeedbackPolicy,
                 and agree[k] / n < policy.reputation_min_agreement}
     alive = [i for i, r in enumerate(rows) if r.owner not in bad_keys]
     res.rejected["key_reputation"] = len(rows) - len(alive)
+    res.bad_keys = bad_keys
     sub = emb[alive] if alive else np.zeros((0, emb.shape[1] if emb.ndim == 2 else 0), np.float32)
     neighbours = _blocked_neighbours(sub, policy.agree_sim) if alive else []
     voted: list[int] = []
@@ -139,12 +178,14 @@ def gate(rows: Sequence[Labelled], emb: np.ndarray, policy: FeedbackPolicy,
             res.rejected["too_few_votes"] += 1
         else:
             voted.append(i)
-    res.accepted = _quotas(rows, emb, voted, policy, catalog or {}, res.rejected)
+    res.accepted = quotas(rows, emb, voted, policy, catalog or {}, res.rejected)
     return res
 
 
-def _quotas(rows: Sequence[Labelled], emb: np.ndarray, voted: list[int], policy: FeedbackPolicy,
-            catalog: Mapping[str, np.ndarray], rejected: Counter[str]) -> list[int]:
+def quotas(rows: Sequence[Labelled], emb: np.ndarray, voted: list[int], policy: FeedbackPolicy,
+           catalog: Mapping[str, np.ndarray], rejected: Counter[str]) -> list[int]:
+    """Step 4 of the gate over the ``voted`` rows: per key and SKU, per SKU, no duplicates
+    (of a kept row or of ``catalog``'s rows of the SKU); the kept indices, most recent first."""
     per_key_sku: Counter[tuple[str, str]] = Counter()
     kept: dict[str, list[int]] = defaultdict(list)
     out: list[int] = []

@@ -121,3 +121,28 @@ def test_shortlist_size_and_order() -> None:
     # at most 50, and at most 5 % of the catalog: a random label is rarely listed
     assert cfg.shortlist_size(1513) == 50 and cfg.shortlist_size(20) == 1
     assert cfg.shortlist_size(1_000_000) == 50 and OnlineConfig(shortlist=0).shortlist_size(99) == 0
+
+
+def test_pseudo_label_needs_a_confident_answer_named_by_classifier_and_index() -> None:
+    from service.feedback_gate import pseudo_label
+
+    both = {"candidates": [{"sku_id": "A", "score": 0.7, "source": "both"},
+                           {"sku_id": "B", "score": 0.3, "source": "classifier"}]}
+    assert pseudo_label(both, 0.5) == "A"
+    assert pseudo_label(both, 0.8) is None  # not confident enough
+    for source in ("classifier", "index"):  # one of the two alone is not index-consistent
+        one = {"candidates": [{"sku_id": "A", "score": 0.9, "source": source}]}
+        assert pseudo_label(one, 0.5) is None
+    assert pseudo_label({"candidates": []}, 0.0) is None
+    assert pseudo_label({"candidates": [{"sku_id": "A"}]}, 0.0) is None  # an old answer
+
+
+def test_nearest_catalog_sku_is_the_owner_of_the_most_similar_catalog_row() -> None:
+    from service.feedback_gate import nearest_catalog_sku
+
+    prods = _products(4)
+    catalog = {"S0": prods[[0]], "S1": prods[[1, 2]], "S3": prods[[3]]}
+    crops = _views(prods, [2, 0, 3, 1], 0.05, 5)
+    assert nearest_catalog_sku(crops, catalog) == ["S1", "S0", "S3", "S1"]
+    assert nearest_catalog_sku(crops[:0], catalog) == []
+    assert nearest_catalog_sku(crops[:1], {}) == [""]

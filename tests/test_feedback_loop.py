@@ -262,3 +262,51 @@ def test_build_with_feedback_adds_rows_that_answer_then_leave_with_the_feedback(
     time.sleep(0.05)
     assert _build(published, "v3", "--feedback") == 0
     assert not [r for r in _rows(published, "v3") if r.get("source") == "feedback"]
+
+
+def test_pseudo_labels_add_confident_unlabelled_queries_and_stay_out_of_the_export(
+    client: TestClient, published: dict, demo_catalog: Path, redis, tmp_path: Path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service.feedback import FeedbackLog
+    from service.feedback_gate import pseudo_label
+
+    monkeypatch.setenv("SKU_INDEX_FEEDBACK__DEDUP_SIM", "1.5")  # as above: see every row
+    flog = FeedbackLog(redis)
+    for i, row in enumerate(_queries(demo_catalog)[:12]):
+        _recognize(client, demo_catalog, row, f"pl-{i}", A)
+    top1 = flog.get("pl-0")
+    assert top1 is not None and top1.top1
+    # a query with feedback is the gate's to judge, never a pseudo-label
+    assert _feedback(client, A, request_id="pl-0", sku_id=top1.top1, kind="confirm")[0] == 201
+    ids = sorted(flog.retained_ids())
+    retained = {rid: q for rid, q in zip(ids, flog.get_many(ids), strict=True) if q is not None}
+    min_score = 0.5  # FeedbackPolicy.pseudo_min_score
+    confident = {rid: pseudo_label(q.answer, min_score) for rid, q in retained.items()
+                 if not q.feedback}
+    confident = {rid: sku for rid, sku in confident.items() if sku is not None}
+    assert confident, "no confident answer among the retained queries"
+
+    report = tmp_path / "pl.json"
+    assert _build(published, "pl1", "--pseudo-labels", "--report", str(report)) == 0
+    rows = _rows(published, "pl1")
+    pseudo = {r["request_id"]: r["sku_id"] for r in rows if r.get("source") == "pseudo_label"}
+    # each one a confident answer's top-1 (those not nearest to a catalog row of that SKU are
+    # dropped: the index-consistency rule), the confirmed query a feedback row, not a pseudo one
+    assert pseudo and set(pseudo.items()) <= set(confident.items())
+    assert "pl-0" not in pseudo
+    assert [r["sku_id"] for r in rows if r.get("request_id") == "pl-0"] == [top1.top1]
+    notes = " ".join(json.loads(report.read_text())["notes"])
+    assert f"pseudo-labels: {len(confident)} confident unlabelled queries" in notes
+    assert f"{len(pseudo)} accepted" in notes
+    # off by default: the same night without the flag has no pseudo-labelled row
+    assert _build(published, "pl2", "--feedback") == 0
+    assert not [r for r in _rows(published, "pl2") if r.get("source") == "pseudo_label"]
+    # and the weekly export holds the users' labels only
+    monkeypatch.setenv("SKU_INDEX_FEEDBACK__PSEUDO_LABELS", "true")
+    out = tmp_path / "export"
+    assert feedback_cli.main(["export", "--out", str(out), "--catalog", str(published["catalog"]),
+                              "--artifact", str(published["artifact"]),
+                              "--redis-url", published["url"]]) == 0
+    exported = read_catalog(out / "manifest.jsonl", on_error="raise").items
+    assert {it.extra["request_id"] for it in exported} == {"pl-0"}
