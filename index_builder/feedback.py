@@ -55,11 +55,12 @@ class AcceptedFeedback:
     def summary(self) -> str:
         c = self.counts
         rejected = {k[9:]: v for k, v in c.items() if k.startswith("rejected_") and v}
+        voters = {int(k[7:]): v for k, v in c.items() if k.startswith("voters_")}
         return (f"feedback: {c.get('entries', 0)} entries, {c.get('labelled', 0)} labelled "
                 f"requests, {c.get('not_retained', 0)} no longer retained, "
                 f"{c.get('unknown_sku', 0)} for SKUs outside the catalog, "
-                f"{c.get('feedback_rows', len(self.items))} accepted; rejected "
-                f"{rejected or 'none'}" + (
+                f"{c.get('feedback_rows', len(self.items))} accepted (by distinct voters, 0 = "
+                f"trusted key: {voters or 'none'}); rejected {rejected or 'none'}" + (
                     f"; pseudo-labels: {c['pseudo_candidates']} confident unlabelled queries, "
                     f"{c.get('pseudo_inconsistent', 0)} not index-consistent, "
                     f"{c.get('pseudo_rows', 0)} accepted" if "pseudo_candidates" in c else ""))
@@ -159,6 +160,7 @@ def accept_feedback(pending: PendingFeedback, artifact: Artifact, policy: Feedba
     res = gate(rows, emb, policy, catalog_emb) if rows else GateResult([])
     counts.update({f"rejected_{k}": v for k, v in res.rejected.items()})
     counts["feedback_rows"] = len(res.accepted)
+    counts.update({f"voters_{n}": k for n, k in res.accepted_by_votes().items()})
     items = [feedback_item(queries[i], pending.skus[rows[i].sku_id], rows[i].owner, rows[i].ts)
              for i in res.accepted]
     out = AcceptedFeedback(items, emb[res.accepted], [queries[i].crop for i in res.accepted],

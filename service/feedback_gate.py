@@ -94,6 +94,11 @@ class GateResult:
     accepted: list[int]  # indices into the gate's input, most recent first
     rejected: Counter[str] = field(default_factory=Counter)
     bad_keys: set[str] = field(default_factory=set)  # dropped whole by key reputation
+    votes: dict[int, int] = field(default_factory=dict)  # input index → distinct voters
+
+    def accepted_by_votes(self) -> dict[int, int]:
+        """How many accepted rows had how many distinct voters (0: a trusted key's)."""
+        return dict(sorted(Counter(self.votes.get(i, 0) for i in self.accepted).items()))
 
 
 def pseudo_label(answer: Mapping[str, Any], min_score: float) -> str | None:
@@ -178,6 +183,7 @@ def gate(rows: Sequence[Labelled], emb: np.ndarray, policy: FeedbackPolicy,
             res.rejected["too_few_votes"] += 1
         else:
             voted.append(i)
+            res.votes[i] = votes
     res.accepted = quotas(rows, emb, voted, policy, catalog or {}, res.rejected)
     return res
 

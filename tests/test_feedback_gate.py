@@ -146,3 +146,16 @@ def test_nearest_catalog_sku_is_the_owner_of_the_most_similar_catalog_row() -> N
     assert nearest_catalog_sku(crops, catalog) == ["S1", "S0", "S3", "S1"]
     assert nearest_catalog_sku(crops[:0], catalog) == []
     assert nearest_catalog_sku(crops[:1], {}) == [""]
+
+
+def test_the_gate_reports_how_many_voters_each_accepted_row_had() -> None:
+    prods = _products(3)
+    rows = [Labelled("a", "S0", "k1", 1.0, True),   # its key + the model
+            Labelled("b", "S1", "k2", 2.0, True),   # its key + the model + k3's agreeing label
+            Labelled("c", "S1", "k3", 3.0, False),  # its key + k2
+            Labelled("d", "S2", "boss", 4.0, False)]  # a trusted key
+    emb = np.concatenate([prods[[0]], _views(prods, [1, 1], 0.01, 7), prods[[2]]])
+    res = gate(rows, emb, FeedbackPolicy(trusted_keys=["boss"], dedup_sim=1.1))
+    assert sorted(res.accepted) == [0, 1, 2, 3]
+    assert res.votes == {0: 2, 1: 3, 2: 2}
+    assert res.accepted_by_votes() == {0: 1, 2: 2, 3: 1}
