@@ -182,10 +182,13 @@ def _add_pseudo_labels(out: AcceptedFeedback, pending: PendingFeedback, artifact
     voted = [i for i in consistent if rows[i].owner not in bad_keys]
     out.counts["pseudo_inconsistent"] = len(rows) - len(consistent)
     out.counts["pseudo_key_reputation"] = len(consistent) - len(voted)
-    # de-duplicated against the catalog rows and the accepted feedback rows of the SKU
-    known = {s: [v] for s, v in catalog_emb.items()}
+    # de-duplicated against the catalog rows and the accepted feedback rows of the SKU (only
+    # the SKUs that have a candidate: no copy of the whole catalog)
+    wanted = {rows[i].sku_id for i in voted}
+    known = {s: [catalog_emb[s]] for s in wanted if s in catalog_emb}
     for it, e in zip(out.items, out.embeddings, strict=True):
-        known.setdefault(it.sku_id, []).append(e[None, :])
+        if it.sku_id in wanted:
+            known.setdefault(it.sku_id, []).append(e[None, :])
     rejected: Counter[str] = Counter()
     cap = policy.model_copy(update={"max_rows_per_sku": policy.pseudo_max_rows_per_sku})
     kept = quotas(rows, emb, voted, cap, {s: np.concatenate(v) for s, v in known.items()},

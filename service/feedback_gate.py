@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from service.vector_index import exact_search
+
 KIND_PRIORITY = {"correct": 3, "confirm": 2, "click": 1}
 
 
@@ -121,7 +123,8 @@ def nearest_catalog_sku(emb: np.ndarray, catalog: Mapping[str, np.ndarray]) -> l
         return [""] * len(emb)
     ref = np.concatenate([catalog[s] for s in skus])
     owner = np.repeat(np.arange(len(skus)), [len(catalog[s]) for s in skus])
-    return [skus[owner[j]] for j in np.argmax(emb @ ref.T, axis=1)]
+    _, top = exact_search(ref, emb, 1)  # FAISS, block by block: memory stays bounded
+    return [skus[owner[j]] for j in top[:, 0]]
 
 
 def one_label_per_request(entries: Sequence[tuple[str, str, str, str, float]],
