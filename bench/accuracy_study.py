@@ -68,7 +68,7 @@ from training.trunk_cache import (  # noqa: E402
 )
 
 log = logging.getLogger("accuracy_study")
-TEST_SETS = ("b1", "b2")  # benchmark sets: report their test half (training.online_eval rule)
+TEST_SETS = ("b1", "b2")  # default --test-half: benchmark sets scored on their test half
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="materialized emoji-catalog")
     p.add_argument("--query", action="append", default=[], metavar="NAME=MANIFEST",
-                   help="query set scored on true-box crops (b1/b2: test half)")
+                   help="query set scored on true-box crops (see --test-half)")
+    p.add_argument("--test-half", type=lambda v: tuple(v.split(",")), default=TEST_SETS,
+                   help="query sets scored on their test half only (training.online_eval rule)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--input-size", type=int, default=RECIPE.input_size)
@@ -232,7 +234,7 @@ def build_study(args: argparse.Namespace) -> Study:
              "catalog": SkuDataset(catalog, lm, source, pcfg)}
     for name, items in queries.items():
         evals[name] = SkuDataset(items, lm, source, pcfg, crop_to_box=True)
-        st.test_mask[name] = np.asarray([in_test_half(it.image) if name in TEST_SETS else True
+        st.test_mask[name] = np.asarray([in_test_half(it.image) if name in args.test_half else True
                                          for it in items])
     for name, ds in evals.items():
         st.maps[name] = _cached(cache_dir / f"cache-eval-{name}-{key}.npy", lambda ds=ds, n=name: build_cache(

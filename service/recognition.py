@@ -63,6 +63,9 @@ class OnlineConfig:
     """Knobs of the online path (the service's settings fill them)."""
 
     margin: float | None = None  # crop margin around a localizer box; None: the artifact's
+    # test-time crops: each localizer box is also cropped with these margins and the model's
+    # outputs are averaged over its crops (embedding re-normalised); () = one crop
+    extra_margins: tuple[float, ...] = ()
     search_k: int = 30
     # a selective filter removes neighbours: search ceil(search_k / share of rows passing)
     # deep, at most this many, so about search_k passing neighbours remain

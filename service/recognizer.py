@@ -121,6 +121,19 @@ class Recognizer:
         margin = self.config.margin
         return self.sicot.preprocess.crop_margin if margin is None else margin
 
+    @property
+    def view_margins(self) -> tuple[float, ...]:
+        """The margins a localizer box is cropped with: the crop margin first, then the
+        configured test-time extras (duplicates dropped)."""
+        return tuple(dict.fromkeys((self.crop_margin, *self.config.extra_margins)))
+
+    def crop_rects(self, box: tuple[float, float, float, float], source: str,
+                   size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+        """The crops an object is recognized from: a localizer box at every view margin (the
+        first is the object's reported crop), a client ROI or the whole photo as it is."""
+        margins = self.view_margins if source == "localizer" else (0.0,)
+        return [crop_rect(box, m, size) for m in margins]
+
     def locate(self, img: Image.Image) -> Located:
         """The main product's box in pixels, where it came from, and its score."""
         return self.locate_all(img, 1)[0]
@@ -178,13 +191,15 @@ class Recognizer:
             located: list[Located] = [(clip_roi(opts.roi, (w, h)), "roi", None)]
         else:
             located = self.locate_all(img, opts.max_objects)
-        rects = [crop_rect(box, self.crop_margin if src == "localizer" else 0.0, (w, h))
-                 for box, src, _ in located]
-        crops = [(float(x0), float(y0), float(x1), float(y1)) for x0, y0, x1, y1 in rects]
+        views = [self.crop_rects(box, src, (w, h)) for box, src, _ in located]
+        crops = [(float(x0), float(y0), float(x1), float(y1))
+                 for x0, y0, x1, y1 in (rects[0] for rects in views)]
         clock.lap("localize")
 
-        batch = np.stack([preprocess(img.crop(r), self.sicot.preprocess) for r in rects])
-        out = self._run_sicot(batch)  # every object in one model call
+        owner = np.repeat(np.arange(len(views)), [len(rects) for rects in views])
+        batch = np.stack([preprocess(img.crop(r), self.sicot.preprocess)
+                          for rects in views for r in rects])
+        out = pool_views(self._run_sicot(batch), owner, len(views))  # one model call
         emb = out["embedding"].astype(np.float32)
         clock.lap("recognize")
 
@@ -281,6 +296,23 @@ class Recognizer:
             box=crop if src == "localizer" else box, box_source=src, box_score=box_score,
             detection=box if src == "localizer" else None, shortlist=r.shortlist,
         )
+
+
+def pool_views(out: dict[str, np.ndarray], owner: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """The model's outputs over several crops of an object → one row per object: logits and
+    embeddings averaged over the object's crops (``owner[i]`` = object of row ``i``), the
+    embedding L2-normalised again so the index sees a unit vector as with one crop."""
+    if len(owner) == n:
+        return out
+    counts = np.bincount(owner, minlength=n).astype(np.float32)
+    pooled = {}
+    for name, value in out.items():
+        acc = np.zeros((n, *value.shape[1:]), np.float32)
+        np.add.at(acc, owner, value.astype(np.float32))
+        pooled[name] = acc / counts.reshape((n,) + (1,) * (value.ndim - 1))
+    emb = pooled["embedding"]
+    pooled["embedding"] = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return pooled
 
 
 def top_n(scores: np.ndarray, n: int) -> list[int]:

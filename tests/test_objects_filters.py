@@ -21,7 +21,8 @@ from service.client import SkuClient
 from service.client_cli import main as cli_main
 from service.label_filter import labels_of
 from service.localize import LocalizerConfig, localize_image, main_box_values
-from service.preprocess import CROP_MARGIN, crop_rect
+from service.preprocess import CROP_MARGIN, crop_rect, preprocess
+from service.recognizer import pool_views
 from service.redis_server import connect
 from service.store import SkuStore
 from training.localizer.cli import main as train_localizer
@@ -80,8 +81,8 @@ def _post(client: TestClient, photo: Path, **params: Any) -> Any:
                        headers={**HEADERS, "Content-Type": "image/jpeg"})
 
 
-def _expected_objects(localizer: Path, photo: Path, n: int) -> list[tuple[list[float], float]]:
-    """What the main-box rule orders, computed apart from the service: (crop box, score)."""
+def _ordered_detections(localizer: Path, photo: Path, n: int) -> list[tuple[np.ndarray, float]]:
+    """What the main-box rule orders, computed apart from the service: (detection, score)."""
     art = load_artifact(localizer)
     cfg = LocalizerConfig.from_model_cfg(art.config.model, score_threshold=SCORE_THRESHOLD)
     img = Image.open(photo).convert("RGB")
@@ -89,10 +90,15 @@ def _expected_objects(localizer: Path, photo: Path, n: int) -> list[tuple[list[f
     values = main_box_values(dets, img.size, size_power=cfg.size_power,
                              center_power=cfg.center_power)
     order = np.argsort(-values, kind="stable")[:n]
-    # the test artifact keeps the default crop margin (its preprocess.crop_margin)
-    return [(list(map(float, crop_rect(dets.boxes[i], CROP_MARGIN, img.size))),
-             float(dets.scores[i]))
-            for i in order]
+    return [(dets.boxes[i], float(dets.scores[i])) for i in order]
+
+
+def _expected_objects(localizer: Path, photo: Path, n: int) -> list[tuple[list[float], float]]:
+    """(crop box, score) of the first ``n`` objects; the test artifact keeps the default crop
+    margin (its preprocess.crop_margin)."""
+    size = Image.open(photo).size
+    return [(list(map(float, crop_rect(det, CROP_MARGIN, size))), score)
+            for det, score in _ordered_detections(localizer, photo, n)]
 
 
 def _busy_photo(demo_catalog: Path, localizer: Path) -> Path:
@@ -300,3 +306,52 @@ def test_micro_batching_serves_every_object_of_a_request(
     assert [o["box"] for o in batched["objects"]] == [o["box"] for o in plain["objects"]]
     assert [[c["sku_id"] for c in o["candidates"]] for o in batched["objects"]] == \
         [[c["sku_id"] for c in o["candidates"]] for o in plain["objects"]]
+
+
+def test_extra_crop_margins_pool_each_objects_crops_in_the_same_model_call(
+    served: dict[str, Any], demo_catalog: Path, localizer: Path
+) -> None:
+    photo = _busy_photo(demo_catalog, localizer)
+    plain = _post(served["client"], photo, max_objects=2, top_k=3).json()
+    # an extra margin equal to the crop margin adds nothing: one crop per object, same answer
+    same = served["settings"].model_copy(update={"extra_crop_margins": (CROP_MARGIN,)})
+    with TestClient(create_app(same)) as client:
+        assert _post(client, photo, max_objects=2, top_k=3).json()["objects"] == plain["objects"]
+
+    settings = served["settings"].model_copy(update={"extra_crop_margins": (0.3,)})
+    with TestClient(create_app(settings)) as client:
+        state = client.app.state.service  # type: ignore[attr-defined]
+        sicot = state.recognizer.sicot.model
+        sicot.session = RecordingSession(sicot.session)
+        try:
+            body = _post(client, photo, max_objects=2, top_k=3).json()
+            batches = sicot.session.batches
+        finally:
+            sicot.session = sicot.session.session
+        embeddings = state.snapshot.embeddings
+    # 2 objects x 2 margins in one call; each object keeps its primary crop as its box
+    assert [b[0] for b in batches] == [4]
+    assert [o["box"] for o in body["objects"]] == [o["box"] for o in plain["objects"]]
+    # the object's embedding is the normalised mean of its two crops' embeddings, computed
+    # here apart from the service: each candidate's matched image is scored against it
+    art = load_artifact(served["settings"].model_dir)
+    img = Image.open(photo).convert("RGB")
+    for obj, (det, _) in zip(body["objects"], _ordered_detections(localizer, photo, 2),
+                             strict=True):
+        crops = [img.crop(crop_rect(det, m, img.size)) for m in (CROP_MARGIN, 0.3)]
+        emb = art.model.run(np.stack([preprocess(c, art.preprocess) for c in crops]))["embedding"]
+        pooled = emb.mean(0) / np.linalg.norm(emb.mean(0))
+        for c in obj["candidates"]:
+            match = c["matched_image"]
+            assert match["similarity"] == pytest.approx(
+                float(embeddings[match["row"]] @ pooled), abs=1e-4)
+
+
+def test_pool_views_averages_rows_per_object_and_renormalises_the_embedding() -> None:
+    out = {"embedding": np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32),
+           "sku_logits": np.array([[1.0, 3.0], [3.0, 1.0], [0.0, 5.0]], np.float32)}
+    pooled = pool_views(out, np.array([0, 0, 1]), 2)
+    s = np.sqrt(0.5)
+    assert pooled["embedding"] == pytest.approx(np.array([[s, s], [0.6, 0.8]]), abs=1e-6)
+    assert pooled["sku_logits"] == pytest.approx(np.array([[2.0, 2.0], [0.0, 5.0]]))
+    assert pool_views(out, np.arange(3), 3) is out  # one crop per object: untouched

@@ -35,9 +35,9 @@ from service.embed import embed_items
 from service.fusion import fuse, search_vote, softmax
 from service.imageio import decode_photo, decoded_scale, read_image_bytes
 from service.localize import LocalizerConfig, localize_image
-from service.preprocess import crop_rect, preprocess, scale_box
+from service.preprocess import preprocess, scale_box
 from service.recognition import IndexSnapshot, OnlineConfig
-from service.recognizer import Recognizer
+from service.recognizer import Recognizer, pool_views
 from service.vector_index import IndexSpec, VectorIndex
 from training.data import load_items
 from training.localizer.evaluate import score_image, summarize, true_boxes
@@ -79,13 +79,15 @@ def build_snapshot(sicot: Artifact, catalog: str) -> IndexSnapshot:
     )
 
 
-def _views(rec: Recognizer, img, item) -> dict[str, Any]:
-    """The photo, the crop of the localizer's main box and the crop of the true box, both with
-    the recognizer's crop rule (:func:`service.preprocess.crop_rect`, its artifact's margin)."""
+def _views(rec: Recognizer, img, item) -> dict[str, list[Any]]:
+    """The photo, the crops of the localizer's main box and the crops of the true box, both
+    with the recognizer's crop rule (:meth:`Recognizer.crop_rects`: its artifact's margin,
+    then any test-time extra margins)."""
     box, src, _ = rec.locate(img)
-    pred = crop_rect(box, rec.crop_margin if src == "localizer" else 0.0, img.size)
-    true = crop_rect(scale_box(item.box, decoded_scale(img)), rec.crop_margin, img.size)
-    return {"whole": img, "pred_crop": img.crop(pred), "true_crop": img.crop(true)}
+    true = scale_box(item.box, decoded_scale(img))
+    return {"whole": [img],
+            "pred_crop": [img.crop(r) for r in rec.crop_rects(box, src, img.size)],
+            "true_crop": [img.crop(r) for r in rec.crop_rects(true, "localizer", img.size)]}
 
 
 def in_test_half(image: str, val_share: float = 0.5) -> bool:
@@ -116,8 +118,9 @@ def first_pass(rec: Recognizer, snap: IndexSnapshot, items, cfg: OnlineConfig, v
                 n_dets.append(len(dets))
                 recalled += hit
                 n_true += len(tb)
-        for view, crop in _views(rec, img, item).items():
-            out = rec.sicot.model.run(preprocess(crop, rec.sicot.preprocess)[None])
+        for view, crops in _views(rec, img, item).items():
+            batch = np.stack([preprocess(c, rec.sicot.preprocess) for c in crops])
+            out = pool_views(rec.sicot.model.run(batch), np.zeros(len(crops), np.int64), 1)
             r.topk[view] = np.argsort(-out["sku_logits"][0], kind="stable")[:3].tolist()
             r.p_model[view] = softmax(out["category_logits"][0])
             sims, rows = snap.index.search(out["embedding"].astype(np.float32), cfg.search_k)
@@ -192,7 +195,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     sicot = load_artifact(args.sicot)
     loc = load_artifact(args.localizer) if args.localizer else None
     loc_cfg = LocalizerConfig.from_model_cfg(loc.config.model) if loc else LocalizerConfig()
-    cfg = OnlineConfig(margin=args.margin, search_k=args.search_k, localizer=loc_cfg)
+    cfg = OnlineConfig(margin=args.margin, extra_margins=tuple(args.extra_margins),
+                       search_k=args.search_k, localizer=loc_cfg)
     snap = build_snapshot(sicot, args.catalog)
     items = [it for it in load_items(args.queries) if it.box is not None][: args.limit]
     rec = Recognizer(sicot, loc, cfg)
@@ -249,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", default=None, help="also write this markdown file")
     p.add_argument("--margin", type=float, default=None,
                    help="crop margin around a box (default: the artifact's preprocess.crop_margin)")
+    p.add_argument("--extra-margins", type=float, nargs="*", default=[],
+                   help="test-time crops: also crop every box with these margins and average "
+                   "the model's outputs (the service's extra_crop_margins)")
     p.add_argument("--search-k", type=int, default=30, help="neighbours of the search vote")
     p.add_argument("--val-share", type=float, default=0.5, help="queries used to tune weights")
     p.add_argument("--weights", type=float, nargs="+",

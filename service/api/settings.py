@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +22,7 @@ from service.settings import (
 PREFIX = "SKU_SERVICE_"
 # max_objects is bounded by the localizer's own cap on detections after NMS
 MAX_OBJECTS_LIMIT = 10
+Margin = Annotated[float, Field(ge=0.0, le=1.0)]  # of a crop around a box, per side
 
 
 def check_key(key: str) -> str:
@@ -112,6 +113,10 @@ class ServiceSettings(BaseSettings):
     localizer_margin: float | None = Field(
         None, ge=0.0, le=1.0, description="override of the crop margin around a localizer box; "
         "unset: the recognizer artifact's preprocess.crop_margin (what it was trained with)")
+    extra_crop_margins: tuple[Margin, ...] = Field(
+        (), max_length=4, description="test-time crops: each localizer box is also cropped "
+        "with these margins and the model's outputs are averaged (JSON list, e.g. [0.3]); "
+        "one model row per extra crop")
     localizer_score_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="lowest detection score kept; unset = the artifact's")
     search_k: int = Field(30, ge=1, le=1000, description="neighbours of the category vote")

@@ -101,7 +101,8 @@ class ServiceState:
             score_threshold=s.localizer_score_threshold,
         )
         online = OnlineConfig(
-            margin=s.localizer_margin, search_k=s.search_k, localizer=loc_cfg,
+            margin=s.localizer_margin, extra_margins=s.extra_crop_margins,
+            search_k=s.search_k, localizer=loc_cfg,
             filter_max_search_k=s.filter_max_search_k,
             # the shortlist only serves retained queries: no per-request top-N otherwise
             shortlist=s.retain_shortlist if s.retain_queries else 0,
