@@ -134,6 +134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--export", default="", help="comma-separated variants to export")
+    p.add_argument("--export-prefix", default="emoji",
+                   help="artifact name = PREFIX-VARIANT (under OUT/artifacts)")
     p.add_argument("--epochs", type=int, default=0, help="override every variant's epochs")
     p.add_argument("--extra-train", action="append", default=[], metavar="PATH[:WEIGHT]",
                    help="more training manifests (e.g. `sku-feedback export` pairs), each image "
@@ -390,7 +392,7 @@ def run_variant(st: Study, name: str, v: Variant) -> dict[str, Any]:
     torch.save(payload, run_dir / "model.pt")
     log.info("%s: %s", name, one_line(scores))
     if name in st.args.export.split(","):
-        path = export_artifact(model, out_dir=st.args.out / "artifacts", name=f"emoji-{name}",
+        path = export_artifact(model, out_dir=st.args.out / "artifacts", name=f"{st.args.export_prefix}-{name}",
                                labels=st.splits.labels, preprocess=st.pcfg,
                                model_config=model.cfg.model_dump(mode="json"), overwrite=True,
                                evaluation={k: v2["classifier"]["top1"] for k, v2 in scores.items()},
