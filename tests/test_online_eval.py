@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from training.localizer.cli import main as train_localizer
 from training.multi_object_eval import main as objects_main
 from training.online_eval import main
@@ -40,6 +42,11 @@ def test_online_eval_reports_every_table(demo_catalog: Path, tiny_artifact: Path
     for view in ("whole", "pred_crop", "true_crop"):
         assert set(report["category"][view]) == {"model", "vote", "fused"}
     assert 0 <= report["localization"]["main_iou_mean"] <= 1
+    # every test photo falls in exactly one localization case, each with its own accuracies
+    cases = report["by_localization"]
+    assert sum(c["share"] for c in cases.values()) == pytest.approx(100.0, abs=0.1)
+    for c in cases.values():
+        assert all(0 <= c[k] <= 100 for k in ("pred_crop_top1", "true_crop_top1", "service_top1"))
     assert {"decode", "localize", "recognize", "search", "fuse"} <= set(report["latency_ms"])
     text = docs.read_text()
     assert "## SKU recognition" in text and "training.online_eval" in text

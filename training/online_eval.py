@@ -34,7 +34,7 @@ from service.binary_index import BinarySpec
 from service.embed import embed_items
 from service.fusion import fuse, search_vote, softmax
 from service.imageio import decode_photo, decoded_scale, read_image_bytes
-from service.localize import LocalizerConfig, localize_image
+from service.localize import LocalizerConfig, box_iou, localize_image
 from service.preprocess import preprocess, scale_box
 from service.recognition import IndexSnapshot, OnlineConfig
 from service.recognizer import Recognizer, pool_views
@@ -64,6 +64,8 @@ class QueryRecord:
     topk: dict[str, list[int]] = field(default_factory=dict)  # view → plain top-3 classes
     p_model: dict[str, np.ndarray] = field(default_factory=dict)
     p_vote: dict[str, np.ndarray] = field(default_factory=dict)
+    main_iou: float = float("nan")  # the main box's IoU with the true box
+    best_iou: float = float("nan")  # the best IoU of any detection with the true box
 
 
 def build_snapshot(sicot: Artifact, catalog: str) -> IndexSnapshot:
@@ -113,6 +115,8 @@ def first_pass(rec: Recognizer, snap: IndexSnapshot, items, cfg: OnlineConfig, v
             dets = localize_image(rec.localizer, img, loc_cfg)
             tb = true_boxes(item) * np.tile(decoded_scale(img), 2)  # in decoded pixels
             iou, hit = score_image(dets, tb, img.size, loc_cfg)
+            r.main_iou = iou
+            r.best_iou = float(box_iou(tb[:1], dets.boxes).max()) if len(dets) else 0.0
             if test:
                 ious.append(iou)
                 n_dets.append(len(dets))
@@ -152,6 +156,32 @@ def topk_table(records: list[QueryRecord], head: np.ndarray, picks: dict[str, An
             "tail_top3": 100 * h3[~hd].mean() if (~hd).any() else 0.0,
         }
     return table
+
+
+# where the localizer leaves the product, per test photo (the rows of ``by_localization``)
+LOCALIZATION_CASES = {
+    "main box IoU >= 0.7": lambda r: r.main_iou >= 0.7,
+    "main box IoU 0.5-0.7": lambda r: 0.5 <= r.main_iou < 0.7,
+    "wrong main pick (another box has IoU >= 0.5)": lambda r: r.main_iou < 0.5 <= r.best_iou,
+    "product not found (no box with IoU >= 0.5)": lambda r: r.best_iou < 0.5,
+}
+
+
+def by_localization(records: list[QueryRecord], service_tops: list[list[int]]) -> dict:
+    """Share of the test photos and top-1 of (b), (c), (d) in each localization case: what
+    the localizer's box costs, and where."""
+    out = {}
+    for name, case in LOCALIZATION_CASES.items():
+        rows = [(r, top) for r, top in zip(records, service_tops, strict=True) if case(r)]
+        if not rows:
+            continue
+        out[name] = {
+            "share": round(100 * len(rows) / len(records), 2),
+            **{f"{v}_top1": round(100 * float(np.mean([r.topk[v][:1] == [r.sku] for r, _ in rows])), 2)
+               for v in ("pred_crop", "true_crop")},
+            "service_top1": round(100 * float(np.mean([top[:1] == [r.sku] for r, top in rows])), 2),
+        }
+    return out
 
 
 def category_accuracy(records: list[QueryRecord], view: str, weight: float) -> dict[str, float]:
@@ -215,6 +245,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     head = np.asarray(labels.train_counts) >= args.head_min  # type: ignore[union-attr]
     picks: dict[str, Any] = {f"({c}) {v}": (lambda r, v=v: r.topk[v])
                              for c, v in zip("abc", VIEWS, strict=True)}
+    localization_cases = by_localization(test, service_tops) if loc else {}
     tops = iter(service_tops)
     table = topk_table(test, head, picks)
     table.update(topk_table(test, head, {"(d) pred_crop + constraint + index": lambda r: next(tops)}))
@@ -227,7 +258,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "sku": {k: {m: round(x, 2) for m, x in v.items()} for k, v in table.items()},
         "category": {v: {m: round(x, 2) for m, x in category_accuracy(test, v, weight).items()}
                      for v in VIEWS},
-        "localization": loc_report,
+        "localization": loc_report, "by_localization": localization_cases,
         "latency_ms": {"decode": round(decode_ms, 2), **latency},
         "config": {k: v for k, v in vars(args).items() if k != "func"},
     }
@@ -280,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_report(report, "training.online_eval", argv, Path(args.out))
     if args.docs:
         write_markdown(report, Path(args.docs))
-    sys.stdout.write(json.dumps({k: report[k] for k in ("sku", "category", "localization",
+    sys.stdout.write(json.dumps({k: report[k] for k in ("sku", "category", "localization", "by_localization",
                                                         "latency_ms", "fusion_weight")},
                                 indent=2) + "\n")
     return 0
