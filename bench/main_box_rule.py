@@ -1,0 +1,84 @@
+"""How the localizer's decoding and main-box rule find the product a customer photographed:
+for query photos with true boxes, run the localizer once (at the lowest score threshold of the
+sweep), then for every (score threshold, size power, centre power) report the share of photos
+whose main box has IoU >= 0.5 with the true box, a wrong main pick (another detection has it)
+and the product not found (no detection has it).  Localizer only: no recognizer, no index.
+
+    python bench/main_box_rule.py --localizer LOC --queries dev=Q1.jsonl --queries harsh=Q2.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.artifact import load_artifact  # noqa: E402
+from service.imageio import decode_photo, decoded_scale, read_image_bytes  # noqa: E402
+from service.localize import Detections, LocalizerConfig, box_iou, localize_image, select_main_box  # noqa: E402
+from service.settings import OnnxRuntimeSettings  # noqa: E402
+from training.data import load_items  # noqa: E402
+from training.localizer.evaluate import true_boxes  # noqa: E402
+
+
+def detect(loc, manifest: str, threshold: float, limit: int | None):
+    cfg = LocalizerConfig.from_model_cfg(loc.config.model, score_threshold=threshold)
+    out = []
+    for item in tqdm([it for it in load_items(manifest) if it.box is not None][:limit],
+                     desc=Path(manifest).parent.parent.name, unit="img"):
+        img = decode_photo(read_image_bytes(item.image), loc.preprocess.input_size)
+        tb = true_boxes(item)[:1] * np.tile(decoded_scale(img), 2)
+        out.append((localize_image(loc, img, cfg), tb, img.size))
+    return out
+
+
+def score(photos, threshold: float, size_power: float, center_power: float) -> dict[str, float]:
+    found = wrong = missed = 0
+    for dets, tb, size in photos:
+        keep = dets.scores >= threshold
+        d = Detections(dets.boxes[keep], dets.scores[keep])
+        ious = box_iou(tb, d.boxes)[0] if len(d) else np.zeros(0)
+        i = select_main_box(d, size, size_power=size_power, center_power=center_power)
+        if i is not None and ious[i] >= 0.5:
+            found += 1
+        elif len(d) and ious.max() >= 0.5:
+            wrong += 1
+        else:
+            missed += 1
+    n = len(photos)
+    return {"main_iou50": 100 * found / n, "wrong_pick": 100 * wrong / n, "not_found": 100 * missed / n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--localizer", required=True)
+    p.add_argument("--queries", action="append", required=True, metavar="NAME=MANIFEST")
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.25])
+    p.add_argument("--size-powers", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    p.add_argument("--center-powers", type=float, nargs="+", default=[0.0, 1.0, 2.0])
+    p.add_argument("--limit", type=int, default=None)
+    args = p.parse_args(argv)
+    loc = load_artifact(args.localizer, OnnxRuntimeSettings(intra_op_threads=1))
+    default = LocalizerConfig.from_model_cfg(loc.config.model)
+    sets = {q.split("=", 1)[0]: detect(loc, q.split("=", 1)[1], min(args.thresholds), args.limit)
+            for q in args.queries}
+    print(f"artifact defaults: score_threshold {default.score_threshold}, size_power "
+          f"{default.size_power}, center_power {default.center_power}")
+    print("threshold size_pow center_pow | " + " | ".join(
+        f"{n}: main IoU>=.5 / wrong pick / not found" for n in sets) + " | mean main IoU>=.5")
+    for t, sp, cp in itertools.product(args.thresholds, args.size_powers, args.center_powers):
+        rows = [score(ph, t, sp, cp) for ph in sets.values()]
+        print(f"{t:9.2f} {sp:8.1f} {cp:10.1f} | " + " | ".join(
+            f"{r['main_iou50']:5.1f} / {r['wrong_pick']:4.1f} / {r['not_found']:4.1f}" for r in rows)
+            + f" | {np.mean([r['main_iou50'] for r in rows]):5.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
