@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from service.localize import Detections, LocalizerConfig, box_iou, localize_imag
 from service.settings import OnnxRuntimeSettings  # noqa: E402
 from training.data import load_items  # noqa: E402
 from training.localizer.evaluate import true_boxes  # noqa: E402
+from training.online_eval import LOCALIZATION_CASES, localization_case  # noqa: E402
 
 
 def detect(loc, manifest: str, threshold: float, limit: int | None):
@@ -39,20 +41,18 @@ def detect(loc, manifest: str, threshold: float, limit: int | None):
 
 
 def score(photos, threshold: float, size_power: float, center_power: float) -> dict[str, float]:
-    found = wrong = missed = 0
+    """Share of the photos in each case of ``training.online_eval.localization_case``."""
+    cases: Counter[str] = Counter()
     for dets, tb, size in photos:
         keep = dets.scores >= threshold
         d = Detections(dets.boxes[keep], dets.scores[keep])
         ious = box_iou(tb, d.boxes)[0] if len(d) else np.zeros(0)
         i = select_main_box(d, size, size_power=size_power, center_power=center_power)
-        if i is not None and ious[i] >= 0.5:
-            found += 1
-        elif len(d) and ious.max() >= 0.5:
-            wrong += 1
-        else:
-            missed += 1
-    n = len(photos)
-    return {"main_iou50": 100 * found / n, "wrong_pick": 100 * wrong / n, "not_found": 100 * missed / n}
+        cases[localization_case(float(ious[i]) if i is not None else 0.0,
+                                float(ious.max()) if len(d) else 0.0)] += 1
+    share = {c: 100 * cases[c] / len(photos) for c in LOCALIZATION_CASES}
+    good, loose, wrong, missed = (share[c] for c in LOCALIZATION_CASES)
+    return {"main_iou50": good + loose, "wrong_pick": wrong, "not_found": missed}
 
 
 def main(argv: list[str] | None = None) -> int:

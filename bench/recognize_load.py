@@ -13,8 +13,7 @@ the same run, with the ratio of the service to it.
 ``--mode objects`` instead measures, in one run on one service (batching off), what each extra
 object costs: ``max_objects`` 1, 3 and 5 (``--max-objects``), then ``max_objects=1`` with a
 selective ``filter`` (the catalog label of the fewest SKUs), at each concurrency; then the
-same points in-process (the service's Recognizer, stage medians, points interleaved), plus
-one with test-time crops (``--extra-margins``, the service's ``extra_crop_margins``).
+same points in-process (the service's Recognizer, stage medians, points interleaved).
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import sys
 import threading
 import time
 import urllib.parse
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -179,12 +177,10 @@ def objects_sweep(port: int, photos: list[bytes], args: argparse.Namespace, dura
 
 def inprocess_sweep(sicot: Path, localizer: Path | None, index_dir: Path, redis_url: str,
                     photos: list[bytes], max_objects: list[int], label: str,
-                    rounds: int, extra_margins: list[float] | None = None
-                    ) -> dict[str, dict[str, float]]:
+                    rounds: int) -> dict[str, dict[str, float]]:
     """The service's Recognizer on the published version, in-process, one thread: median ms
     per stage for each point, the points interleaved round by round so that load from other
-    processes falls on all of them alike.  ``extra_margins``: one more point, max_objects=1
-    with these test-time crop margins (``extra_crop_margins``)."""
+    processes falls on all of them alike."""
     from service.binary_index import configure_faiss
     from service.label_filter import parse_filter
     from service.recognition import RecognizeOptions
@@ -201,18 +197,13 @@ def inprocess_sweep(sicot: Path, localizer: Path | None, index_dir: Path, redis_
     assert version is not None
     snap = load_snapshot(store, index_dir, version)
     imgs = [decode_image(p) for p in photos[:16]]
-    points = {f"max_objects={n}": (rec, RecognizeOptions(max_objects=n)) for n in max_objects}
-    points[f"max_objects=1 filter={label}"] = (rec, RecognizeOptions(filter=parse_filter(label)))
-    if extra_margins:
-        tta = Recognizer(rec.sicot, rec.localizer,
-                         replace(rec.config, extra_margins=tuple(extra_margins)))
-        points[f"max_objects=1 extra_margins={','.join(map(str, extra_margins))}"] = (
-            tta, RecognizeOptions())
+    points = {f"max_objects={n}": RecognizeOptions(max_objects=n) for n in max_objects}
+    points[f"max_objects=1 filter={label}"] = RecognizeOptions(filter=parse_filter(label))
     stages: dict[str, dict[str, list[float]]] = {name: {} for name in points}
     for _ in range(rounds):
-        for name, (recognizer, opts) in points.items():
+        for name, opts in points.items():
             for img in imgs:
-                res = recognizer.recognize(img, snap, store, opts)
+                res = rec.recognize(img, snap, store, opts)
                 for stage, ms in {**res.timings_ms, "objects": len(res.objects)}.items():
                     stages[name].setdefault(stage, []).append(ms)
     return {name: {k: round(statistics.median(v) if k != "objects" else statistics.fmean(v), 3)
@@ -232,8 +223,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="batching: micro-batching off/on; objects: max_objects and a filter")
     p.add_argument("--max-objects", type=int, nargs="+", default=[1, 3, 5],
                    help="objects mode: the max_objects values, in one run")
-    p.add_argument("--extra-margins", type=float, nargs="*", default=[0.3],
-                   help="objects mode: an in-process point with these test-time crop margins")
     p.add_argument("--rounds", type=int, default=10,
                    help="objects mode: interleaved in-process rounds over 16 photos")
     args = p.parse_args(argv)
@@ -273,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                     proc.wait(timeout=15)
                     results["objects_in_process"] = inprocess_sweep(
                         sicot, localizer, index_dir, redis.url, photos, args.max_objects, label,
-                        args.rounds, args.extra_margins)
+                        args.rounds)
                     for name, med in results["objects_in_process"].items():
                         print(f"in-process {name:<34} median " + "  ".join(
                             f"{k} {v:.1f}" for k, v in med.items()))

@@ -158,21 +158,29 @@ def topk_table(records: list[QueryRecord], head: np.ndarray, picks: dict[str, An
     return table
 
 
-# where the localizer leaves the product, per test photo (the rows of ``by_localization``)
-LOCALIZATION_CASES = {
-    "main box IoU >= 0.7": lambda r: r.main_iou >= 0.7,
-    "main box IoU 0.5-0.7": lambda r: 0.5 <= r.main_iou < 0.7,
-    "wrong main pick (another box has IoU >= 0.5)": lambda r: r.main_iou < 0.5 <= r.best_iou,
-    "product not found (no box with IoU >= 0.5)": lambda r: r.best_iou < 0.5,
-}
+# where the localizer leaves the product, per photo (the rows of ``by_localization``)
+LOCALIZATION_CASES = ("main box IoU >= 0.7", "main box IoU 0.5-0.7",
+                      "wrong main pick (another box has IoU >= 0.5)",
+                      "product not found (no box with IoU >= 0.5)")
+
+
+def localization_case(main_iou: float, best_iou: float) -> str:
+    """The case of a photo from its main box's IoU with the true box and the best IoU of any
+    detection with it (one of :data:`LOCALIZATION_CASES`)."""
+    if main_iou >= 0.7:
+        return LOCALIZATION_CASES[0]
+    if main_iou >= 0.5:
+        return LOCALIZATION_CASES[1]
+    return LOCALIZATION_CASES[2] if best_iou >= 0.5 else LOCALIZATION_CASES[3]
 
 
 def by_localization(records: list[QueryRecord], service_tops: list[list[int]]) -> dict:
     """Share of the test photos and top-1 of (b), (c), (d) in each localization case: what
     the localizer's box costs, and where."""
     out = {}
-    for name, case in LOCALIZATION_CASES.items():
-        rows = [(r, top) for r, top in zip(records, service_tops, strict=True) if case(r)]
+    for name in LOCALIZATION_CASES:
+        rows = [(r, top) for r, top in zip(records, service_tops, strict=True)
+                if localization_case(r.main_iou, r.best_iou) == name]
         if not rows:
             continue
         out[name] = {
