@@ -88,10 +88,15 @@ def test_targets_peak_at_the_centre_and_regress_inside_the_box():
 
 def test_train_a_few_steps_export_and_onnx_matches_torch(tiny_catalog, tmp_path):
     out = tmp_path / "loc"
+    scene = tmp_path / "scene.json"
+    scene.write_text(json.dumps({"max_distractors": 1, "main_area": [0.1, 0.3]}))
     rc = main(["--catalog", str(tiny_catalog), "--out", str(out), "--backbone", "tiny_cnn",
                "--no-pretrained", "--input-size", "64", "--steps", "3", "--batch-size", "4",
-               "--val-scenes", "3", "--threads", "1", "--name", "loc-test"])
+               "--val-scenes", "3", "--threads", "1", "--name", "loc-test", "--scene", str(scene)])
     assert rc == 0
+    saved = json.loads((out / "train_config.json").read_text())["scene"]
+    assert saved["max_distractors"] == 1 and saved["main_area"] == [0.1, 0.3]
+    assert saved["rotation_deg"] == SceneConfig().rotation_deg  # the rest stays default
     art = load_artifact(out)
     cfg = art.config
     assert cfg.kind == "localizer" and cfg.outputs == ["heatmap", "ltrb"]
@@ -120,6 +125,16 @@ def test_train_a_few_steps_export_and_onnx_matches_torch(tiny_catalog, tmp_path)
     assert (dets.boxes[:, 2] <= 120).all() and (dets.boxes[:, 3] <= 90).all()
     box = main_box(art, photo)
     assert box is None or (0 <= box[0] < box[2] <= 120 and 0 <= box[1] < box[3] <= 90)
+
+
+def test_scene_overrides_name_unknown_fields(tiny_catalog, tmp_path):
+    scene = tmp_path / "scene.json"
+    scene.write_text(json.dumps({"max_distractor": 6}))
+    with pytest.raises(SystemExit, match="unknown field.*max_distractor.*known:.*max_distractors"):
+        main(["--catalog", str(tiny_catalog), "--out", str(tmp_path / "x"), "--scene", str(scene)])
+    scene.write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="expected a JSON object"):
+        main(["--catalog", str(tiny_catalog), "--out", str(tmp_path / "x"), "--scene", str(scene)])
 
 
 def test_cli_help_explains_itself(capsys):

@@ -13,13 +13,17 @@ The query photos given by ``--eval-manifest`` are only scored, never trained on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from service.settings import SettingsError, load_settings
 from training.localizer.settings import LocalizerTrainConfig
+from training.localizer.synth import SceneConfig
 from training.localizer.train import train
 
 
@@ -59,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic validation scenes of held-out products (0: none)")
     p.add_argument("--max-sources", type=int, default=None,
                    help="use at most this many source images")
+    p.add_argument("--scene", default=None, metavar="JSON_FILE",
+                   help="overrides of the synthetic scene config (a JSON object of "
+                   "training.localizer.synth.SceneConfig fields, e.g. {\"max_distractors\": 6})")
     p.add_argument("--eval-manifest", default=None,
                    help="query manifest with true boxes to score after training (not trained on)")
     p.add_argument("--eval-limit", type=int, default=None, help="score only the first N queries")
@@ -71,13 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        scene = load_scene_overrides(args.scene) if args.scene else {}
         cfg = load_settings(
             LocalizerTrainConfig, catalogs=args.catalog, out=args.out, name=args.name,
             backbone=args.backbone, pretrained=args.pretrained, freeze_blocks=args.freeze_blocks,
             input_size=args.input_size, neck_channels=args.neck_channels, steps=args.steps,
             time_limit_min=args.time_limit_min, batch_size=args.batch_size, lr=args.lr,
             workers=args.workers, threads=args.threads, seed=args.seed,
-            val_scenes=args.val_scenes, max_sources=args.max_sources,
+            val_scenes=args.val_scenes, max_sources=args.max_sources, scene=scene,
         )
     except SettingsError as exc:
         raise SystemExit(str(exc)) from None
@@ -86,6 +94,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["queries"] = evaluate_queries(args.out, args.eval_manifest, args.eval_limit)
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     return 0
+
+
+def load_scene_overrides(path: str) -> dict[str, Any]:
+    """The :class:`SceneConfig` fields set by the JSON object in ``path`` (the settings
+    validate their types; the rest keep their defaults); :class:`SettingsError` names an
+    unreadable file or an unknown field."""
+    try:
+        overrides = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"--scene {path}: {exc}") from None
+    if not isinstance(overrides, dict):
+        raise SettingsError(f"--scene {path}: expected a JSON object")
+    known = {f.name for f in dataclasses.fields(SceneConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise SettingsError(f"--scene {path}: unknown field(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(sorted(known))}")
+    return overrides
 
 
 def evaluate_queries(artifact_dir: str, manifest: str, limit: int | None) -> dict:
