@@ -159,3 +159,36 @@ def test_emoji_catalog_images_give_cutouts(emoji_catalog):
 
 def test_demo_catalog_images_give_cutouts(demo_catalog):
     assert _cutout_rate(demo_catalog / "catalog" / "manifest.jsonl") >= 0.95
+
+
+def test_stride32_neck_trains_on_the_ort_trunk_and_exports_one_checked_graph(tmp_path):
+    """``top_stride=32``: the stride-32 blocks feed the neck; the frozen trunk's ONNX Runtime
+    maps equal torch's, and the exported artifact (checked against torch on export) decodes."""
+    from training.localizer.export import write_localizer_artifact
+    from training.localizer.train import make_preprocess
+    from training.localizer.trunk import OrtTrunk
+
+    net = build_localizer("efficientnet_lite0", pretrained=False, freeze_blocks=-1,
+                          top_stride=32)
+    assert len(net.features.channels) == 3 and hasattr(net, "lat32")
+    assert not any(p.requires_grad for p in net.features.parameters())
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(2, 3, 64, 64)).astype(np.float32))
+    net.eval()
+    with torch.no_grad():
+        maps = net.features(x)
+        ort_maps = OrtTrunk(net.features, 64, threads=1)(x)
+        assert [tuple(m.shape[-2:]) for m in maps] == [(8, 8), (4, 4), (2, 2)]
+        for a, b in zip(maps, ort_maps, strict=True):
+            assert torch.allclose(a, b, atol=1e-4)
+        heat, _ = net.forward_head(*ort_maps)
+    assert heat.shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="lacks \\[32\\]"):
+        build_localizer("tiny_cnn", pretrained=False, top_stride=32)
+    cfg = write_localizer_artifact(tmp_path / "loc32", net, name="loc32",
+                                   backbone="efficientnet_lite0",
+                                   preprocess=make_preprocess("efficientnet_lite0", 64),
+                                   neck_channels=64, top_stride=32)
+    assert cfg.model["top_stride"] == 32
+    photo = Image.new("RGB", (120, 90), (200, 210, 190))
+    photo.paste(packshot(3), (30, 10))
+    assert isinstance(localize_image(load_artifact(tmp_path / "loc32"), photo), Detections)

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=d.input_size,
                    help="square input side (a multiple of 16)")
     p.add_argument("--neck-channels", type=int, default=d.neck_channels)
+    p.add_argument("--top-stride", type=int, choices=(16, 32), default=d.top_stride,
+                   help="coarsest backbone feature map the neck uses (32: the stride-32 "
+                   "blocks run too, more context for large products)")
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps at most")
     p.add_argument("--time-limit-min", type=float, default=None,
                    help="stop training after this many minutes (the LR schedule follows)")
@@ -82,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_settings(
             LocalizerTrainConfig, catalogs=args.catalog, out=args.out, name=args.name,
             backbone=args.backbone, pretrained=args.pretrained, freeze_blocks=args.freeze_blocks,
-            input_size=args.input_size, neck_channels=args.neck_channels, steps=args.steps,
+            input_size=args.input_size, neck_channels=args.neck_channels, top_stride=args.top_stride,
+            steps=args.steps,
             time_limit_min=args.time_limit_min, batch_size=args.batch_size, lr=args.lr,
             workers=args.workers, threads=args.threads, seed=args.seed,
             val_scenes=args.val_scenes, max_sources=args.max_sources, scene=scene,

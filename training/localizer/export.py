@@ -4,7 +4,7 @@
 ``heatmap`` and ``ltrb`` (see :mod:`service.localize`); opset 17, TorchScript exporter
 (``dynamo=False`` needs no onnxscript). ``config.json``'s ``model`` dict holds the decoding
 parameters: ``arch``, ``backbone``, ``stride``, ``input_size``, ``ltrb_units`` ("stride"),
-``neck_channels`` and ``postprocess`` (:class:`service.localize.LocalizerConfig` defaults).
+``neck_channels``, ``top_stride`` and ``postprocess`` (:class:`service.localize.LocalizerConfig` defaults).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def write_localizer_artifact(
     backbone: str,
     preprocess: PreprocessConfig,
     neck_channels: int,
+    top_stride: int = 16,
     postprocess: LocalizerConfig | None = None,
     checkpoint: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
@@ -94,6 +95,7 @@ def write_localizer_artifact(
                 "input_size": preprocess.input_size,
                 "ltrb_units": "stride",
                 "neck_channels": neck_channels,
+                "top_stride": top_stride,
                 "postprocess": (postprocess or LocalizerConfig()).model_dump(),
             },
             preprocess=preprocess,

@@ -1,5 +1,5 @@
-"""The localizer network: stride-8/16 feature taps of a registered backbone, a two-level
-FPN-lite neck and a CenterNet/FCOS-style head at stride 8.
+"""The localizer network: stride-8/16 (optionally /32) feature taps of a registered backbone,
+an FPN-lite neck (top-down sums) and a CenterNet/FCOS-style head at stride 8.
 
 Outputs (the ONNX graph's, named as in :mod:`service.localize`): ``heatmap`` (N, 1, S/8, S/8),
 sigmoid objectness; ``ltrb`` (N, 4, S/8, S/8), ``exp`` of the regression, distances from the
@@ -8,8 +8,10 @@ the logits for the losses.
 
 Feature taps: the backbone registry (``training.models.backbones``) exposes pooled features
 only, so :class:`FeatureTaps` walks the backbone's own blocks and keeps the last map at
-stride 8 and at stride 16; the stride-32 blocks are never run (they cost latency and the
-products are at most a few cells wide at stride 16 anyway).
+stride 8 and at stride 16, and with ``top_stride=32`` also the last map at stride 32. The
+default (16) never runs the stride-32 blocks; ``top_stride=32`` runs them for context on large
+products (accuracy-study.md, section 9: at 16 the head fires on a salient *part* of a large
+multi-part product, the most common way the product goes missing).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from training.models.backbones import TinyCNN, create_backbone
 from training.models.efficientnet_lite import EfficientNetLite
 
 STRIDE = 8
+TOP_STRIDES = (16, 32)  # the coarsest feature tap the neck may use
 LTRB_MAX_LOG = 4.0  # exp(4) ≈ 55 strides: larger than any input the localizer is meant for
 
 
 class FeatureTaps(nn.Module):
-    """Run a backbone up to stride 16; return ``(c8, c16)`` feature maps."""
+    """Run a backbone up to ``top_stride``; return its feature maps at strides 8, 16 (, 32)."""
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, top_stride: int = 16):
         super().__init__()
         if isinstance(backbone, EfficientNetLite):
             self.stem: nn.Module = _LiteStem(backbone)
@@ -51,21 +54,25 @@ class FeatureTaps(nn.Module):
         for s in strides:
             stride *= s
             cum.append(stride)
-        if 16 not in cum or 8 not in cum:
-            raise ValueError("the backbone must reach strides 8 and 16")
-        self.tap8 = max(i for i, s in enumerate(cum) if s == 8)
-        self.tap16 = max(i for i, s in enumerate(cum) if s == 16)
-        self.blocks = nn.ModuleList(blocks[: self.tap16 + 1])
-        self.channels = (chans[self.tap8], chans[self.tap16])
+        if top_stride not in TOP_STRIDES:
+            raise ValueError(f"top_stride must be one of {TOP_STRIDES}, not {top_stride}")
+        strides_wanted = [s for s in (8, 16, 32) if s <= top_stride]
+        missing = [s for s in strides_wanted if s not in cum]
+        if missing:
+            raise ValueError(f"the backbone must reach strides {strides_wanted}; "
+                             f"{type(backbone).__name__} lacks {missing}")
+        self.taps = [max(i for i, c in enumerate(cum) if c == s) for s in strides_wanted]
+        self.blocks = nn.ModuleList(blocks[: self.taps[-1] + 1])
+        self.channels = tuple(chans[i] for i in self.taps)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.stem(x)
-        c8 = x
+        maps = []
         for i, block in enumerate(self.blocks):
             x = block(x)
-            if i == self.tap8:
-                c8 = x
-        return c8, x
+            if i in self.taps:
+                maps.append(x)
+        return tuple(maps)
 
 
 class _LiteStem(nn.Module):
@@ -88,18 +95,18 @@ def _sep_conv(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class LocalizerNet(nn.Module):
-    def __init__(self, backbone: nn.Module, neck_channels: int = 64, prior: float = 0.05):
+    def __init__(self, backbone: nn.Module, neck_channels: int = 64, prior: float = 0.05,
+                 top_stride: int = 16):
         super().__init__()
-        self.features = FeatureTaps(backbone)
+        self.features = FeatureTaps(backbone, top_stride)
         # the backbone's frozen prefix (create_backbone(freeze_blocks=K)); a plain list, so
         # the modules are not registered twice
         self._frozen: list[nn.Module] = list(getattr(backbone, "_frozen", []))
-        c8, c16 = self.features.channels
         c = neck_channels
-        self.lat8 = nn.Sequential(nn.Conv2d(c8, c, 1, bias=False), nn.BatchNorm2d(c),
-                                  nn.ReLU(inplace=True))
-        self.lat16 = nn.Sequential(nn.Conv2d(c16, c, 1, bias=False), nn.BatchNorm2d(c),
-                                   nn.ReLU(inplace=True))
+        # lateral 1x1 of each tap (attribute names kept from the two-level neck: lat8, lat16)
+        for ch, stride in zip(self.features.channels, (8, 16, 32), strict=False):
+            setattr(self, f"lat{stride}", nn.Sequential(
+                nn.Conv2d(ch, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)))
         self.smooth = nn.Sequential(_sep_conv(c, c), _sep_conv(c, c))
         self.heat_head = nn.Sequential(_sep_conv(c, c), nn.Conv2d(c, 1, 1))
         self.box_head = nn.Sequential(_sep_conv(c, c), nn.Conv2d(c, 4, 1))
@@ -121,11 +128,13 @@ class LocalizerNet(nn.Module):
         """(heatmap logits (N,1,h,w), log-ltrb (N,4,h,w))."""
         return self.forward_head(*self.features(x))
 
-    def forward_head(
-        self, c8: torch.Tensor, c16: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Neck + heads on the backbone's stride-8/16 maps (raw outputs, as forward_raw)."""
-        p = self.lat8(c8) + F.interpolate(self.lat16(c16), size=c8.shape[-2:], mode="nearest")
+    def forward_head(self, *maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Neck + heads on the backbone's maps at strides 8, 16 (, 32) (raw outputs, as
+        forward_raw): top-down, each coarser level upsampled (nearest) and added."""
+        levels = [getattr(self, f"lat{s}")(m) for s, m in zip((8, 16, 32), maps, strict=False)]
+        p = levels[-1]
+        for lat in reversed(levels[:-1]):
+            p = lat + F.interpolate(p, size=lat.shape[-2:], mode="nearest")
         p = self.smooth(p)
         return self.heat_head(p), self.box_head(p).clamp(max=LTRB_MAX_LOG)
 
@@ -135,9 +144,11 @@ class LocalizerNet(nn.Module):
 
 
 def build_localizer(
-    backbone: str, *, pretrained: bool, freeze_blocks: int = 0, neck_channels: int = 64
+    backbone: str, *, pretrained: bool, freeze_blocks: int = 0, neck_channels: int = 64,
+    top_stride: int = 16,
 ) -> LocalizerNet:
     """A localizer on backbone ``backbone`` of the registry (``efficientnet_lite0``,
-    ``tiny_cnn``); ``freeze_blocks`` as in :func:`create_backbone`."""
+    ``tiny_cnn``); ``freeze_blocks`` as in :func:`create_backbone`; ``top_stride`` the
+    coarsest feature tap (16, or 32 for more context)."""
     net = create_backbone(backbone, pretrained=pretrained, freeze_blocks=freeze_blocks)
-    return LocalizerNet(net, neck_channels=neck_channels)
+    return LocalizerNet(net, neck_channels=neck_channels, top_stride=top_stride)

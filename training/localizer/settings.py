@@ -4,6 +4,8 @@ SICoT classifier's)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -29,6 +31,9 @@ class LocalizerTrainConfig(BaseSettings):
         "trunk then runs in ONNX Runtime")
     input_size: int = Field(160, ge=32, le=1024, description="square input side, a multiple of 16")
     neck_channels: int = Field(64, ge=1)
+    top_stride: Literal[16, 32] = Field(
+        16, description="coarsest backbone tap of the neck: 32 adds the stride-32 blocks "
+        "(context for large products, a little latency)")
     steps: int = Field(3000, ge=1, description="optimizer steps at most")
     time_limit_min: float | None = Field(None, gt=0, description="stop after this many minutes")
     batch_size: int = Field(32, ge=2, description="BatchNorm needs more than one sample")

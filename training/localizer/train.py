@@ -120,7 +120,8 @@ def train(cfg: LocalizerTrainConfig) -> dict[str, Any]:
     val_cutouts = load_cutouts(val_paths) if val_paths != train_paths else cutouts
     pp = make_preprocess(cfg.backbone, cfg.input_size)
     model = build_localizer(cfg.backbone, pretrained=cfg.pretrained,
-                            freeze_blocks=cfg.freeze_blocks, neck_channels=cfg.neck_channels)
+                            freeze_blocks=cfg.freeze_blocks, neck_channels=cfg.neck_channels,
+                            top_stride=cfg.top_stride)
     opt = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
     data = SceneDataset(cutouts, pp, cfg.steps * cfg.batch_size, cfg.seed, cfg.scene)
     loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
@@ -165,6 +166,7 @@ def train(cfg: LocalizerTrainConfig) -> dict[str, Any]:
     checkpoint = {"state_dict": model.state_dict(), "config": _jsonable(cfg), "step": step}
     write_localizer_artifact(cfg.out, model, name=cfg.name, backbone=cfg.backbone,
                              preprocess=pp, neck_channels=cfg.neck_channels,
+                             top_stride=cfg.top_stride,
                              checkpoint=checkpoint, evaluation={"train": summary})
     if cfg.val_scenes > 0:
         art = load_artifact(cfg.out)

@@ -1,6 +1,6 @@
 """A frozen backbone trunk run by ONNX Runtime during training.
 
-With every block up to stride 16 frozen (``freeze_blocks=-1``, or >= 11 for Lite0), eager torch spends most of a training step
+With every block the localizer uses frozen (``freeze_blocks=-1``, or >= 11 for Lite0), eager torch spends most of a training step
 in the trunk's forward (~40 ms per 160 px image on a shared CPU core, measured) although no
 gradient flows through it; ONNX Runtime computes the same maps ~10x faster. Only the neck and
 heads train in torch; the exported artifact still holds one graph (trunk + head, from torch).
@@ -19,7 +19,7 @@ from training.localizer.model import FeatureTaps
 
 
 class OrtTrunk:
-    """``trunk(x) -> (c8, c16)`` through an ONNX Runtime session of the frozen taps."""
+    """``trunk(x) -> (c8, c16[, c32])`` through an ONNX Runtime session of the frozen taps."""
 
     def __init__(self, taps: FeatureTaps, input_size: int, threads: int | None = None):
         import onnxruntime as ort
@@ -27,12 +27,13 @@ class OrtTrunk:
         taps.eval()
         self._dir = tempfile.TemporaryDirectory(prefix="loc-trunk-")
         path = Path(self._dir.name) / "trunk.onnx"
+        names = [f"c{s}" for s in (8, 16, 32)[: len(taps.channels)]]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 taps, (torch.zeros(1, 3, input_size, input_size),), str(path),
-                input_names=["image"], output_names=["c8", "c16"],
-                dynamic_axes={n: {0: "batch"} for n in ("image", "c8", "c16")},
+                input_names=["image"], output_names=names,
+                dynamic_axes={n: {0: "batch"} for n in ("image", *names)},
                 opset_version=17, dynamo=False,
             )
         opts = ort.SessionOptions()
@@ -40,6 +41,6 @@ class OrtTrunk:
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c8, c16 = self.session.run(None, {"image": np.ascontiguousarray(x.numpy())})
-        return torch.from_numpy(c8), torch.from_numpy(c16)
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        maps = self.session.run(None, {"image": np.ascontiguousarray(x.numpy())})
+        return tuple(torch.from_numpy(m) for m in maps)
