@@ -192,3 +192,36 @@ def test_stride32_neck_trains_on_the_ort_trunk_and_exports_one_checked_graph(tmp
     photo = Image.new("RGB", (120, 90), (200, 210, 190))
     photo.paste(packshot(3), (30, 10))
     assert isinstance(localize_image(load_artifact(tmp_path / "loc32"), photo), Detections)
+
+
+def test_partly_frozen_trunk_runs_its_prefix_in_onnx_runtime_and_trains_the_rest(
+        tiny_catalog, tmp_path):
+    """``freeze_blocks=k`` below the localizer's blocks: the frozen prefix's ONNX Runtime
+    outputs, resumed in torch, equal the whole trunk's maps; training updates only the
+    later blocks."""
+    from training.localizer.train import frozen_prefix
+    from training.localizer.trunk import OrtTrunk
+
+    net = build_localizer("efficientnet_lite0", pretrained=False, freeze_blocks=8)
+    assert frozen_prefix(net) == 8
+    assert frozen_prefix(build_localizer("efficientnet_lite0", pretrained=False,
+                                         freeze_blocks=-1)) == len(net.features.blocks)
+    assert frozen_prefix(build_localizer("tiny_cnn", pretrained=False)) == 0
+    net.eval()
+    x = torch.from_numpy(np.random.default_rng(2).normal(size=(2, 3, 64, 64)).astype(np.float32))
+    with torch.no_grad():
+        *early, xk = OrtTrunk(net.features, 64, threads=1, prefix_blocks=8)(x)
+        resumed = net.features.forward_from(8, xk, tuple(early))
+        for a, b in zip(net.features(x), resumed, strict=True):
+            assert torch.allclose(a, b, atol=1e-4)
+
+    out = tmp_path / "loc-partial"
+    rc = main(["--catalog", str(tiny_catalog), "--out", str(out), "--backbone", "tiny_cnn",
+               "--no-pretrained", "--input-size", "64", "--steps", "2", "--batch-size", "4",
+               "--val-scenes", "0", "--threads", "1", "--freeze-blocks", "2"])
+    assert rc == 0
+    after = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["state_dict"]
+    # batch-norm statistics start at zero: the frozen prefix (ONNX Runtime) never updates
+    # them, the trained blocks (torch, train mode) do
+    assert not after["features.blocks.1.1.running_mean"].any()
+    assert after["features.blocks.2.1.running_mean"].abs().sum() > 0

@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random init (tests); default loads the backbone's ImageNet weights")
     p.add_argument("--freeze-blocks", type=int, default=d.freeze_blocks,
                    help="freeze the stem and this many backbone blocks; -1 (or all the blocks the "
-                   "localizer uses: 11 for efficientnet_lite0): the trunk then runs in ONNX "
-                   "Runtime during training, ~10x faster on CPU")
+                   "localizer uses: 11 for efficientnet_lite0, 16 with --top-stride 32); the "
+                   "frozen blocks (all, or the first K) run in ONNX Runtime during training, "
+                   "~10x faster on CPU, the later ones train in torch")
     p.add_argument("--input-size", type=int, default=d.input_size,
                    help="square input side (a multiple of 16)")
     p.add_argument("--neck-channels", type=int, default=d.neck_channels)

@@ -10,7 +10,7 @@ Feature taps: the backbone registry (``training.models.backbones``) exposes pool
 only, so :class:`FeatureTaps` walks the backbone's own blocks and keeps the last map at
 stride 8 and at stride 16, and with ``top_stride=32`` also the last map at stride 32. The
 default (16) never runs the stride-32 blocks; ``top_stride=32`` runs them for context on large
-products (accuracy-study.md, section 9: at 16 the head fires on a salient *part* of a large
+products (accuracy-study.md, section 8: at 16 the head fires on a salient *part* of a large
 multi-part product, the most common way the product goes missing).
 """
 
@@ -66,13 +66,41 @@ class FeatureTaps(nn.Module):
         self.channels = tuple(chans[i] for i in self.taps)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = self.stem(x)
+        return self.forward_from(0, self.stem(x), ())
+
+    def run_blocks(
+        self, start: int, end: int, x: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Blocks ``start..end-1`` on ``x`` (the output of block ``start - 1``, or of the
+        stem): (the taps among them, the last block's output)."""
         maps = []
-        for i, block in enumerate(self.blocks):
-            x = block(x)
+        for i in range(start, end):
+            x = self.blocks[i](x)
             if i in self.taps:
                 maps.append(x)
-        return tuple(maps)
+        return maps, x
+
+    def forward_from(
+        self, start: int, x: torch.Tensor, maps: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, ...]:
+        """Resume at block ``start`` after a :class:`TrunkPrefix` of ``start`` blocks (its
+        taps ``maps`` and its last output ``x``): every tap, in stride order."""
+        return (*maps, *self.run_blocks(start, len(self.blocks), x)[0])
+
+
+class TrunkPrefix(nn.Module):
+    """The stem and the first ``k`` blocks of :class:`FeatureTaps` (a frozen prefix, run by
+    ONNX Runtime in training): the taps among them, then block ``k - 1``'s output."""
+
+    def __init__(self, taps: FeatureTaps, k: int):
+        super().__init__()
+        if not 0 < k < len(taps.blocks):
+            raise ValueError(f"a prefix has 1..{len(taps.blocks) - 1} blocks, not {k}")
+        self.taps, self.k = taps, k
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        maps, x = self.taps.run_blocks(0, self.k, self.taps.stem(x))
+        return (*maps, x)
 
 
 class _LiteStem(nn.Module):

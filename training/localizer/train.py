@@ -104,6 +104,20 @@ def make_preprocess(backbone: str, input_size: int) -> PreprocessConfig:
                             std=default.std, pad_rgb=(114, 114, 114))
 
 
+def frozen_prefix(model: LocalizerNet) -> int:
+    """How many of the localizer's trunk blocks (from the first) train no parameter: that
+    prefix (with the stem, when it is frozen too) runs in ONNX Runtime during training."""
+    feats = model.features
+    if any(p.requires_grad for p in feats.stem.parameters()):
+        return 0
+    k = 0
+    for block in feats.blocks:
+        if any(p.requires_grad for p in block.parameters()):
+            break
+        k += 1
+    return k
+
+
 def validation_scenes(cutouts: list, n: int, seed: int, scene: SceneConfig):
     rng = np.random.default_rng([seed, VAL_SEED_OFFSET])
     return [render_scene(cutouts, rng, scene) for _ in range(n)]
@@ -127,8 +141,10 @@ def train(cfg: LocalizerTrainConfig) -> dict[str, Any]:
     loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
                         persistent_workers=cfg.workers > 0)
     limit_s = cfg.time_limit_min * 60 if cfg.time_limit_min else None
-    trunk_frozen = not any(p.requires_grad for p in model.features.parameters())
-    trunk = OrtTrunk(model.features, cfg.input_size, cfg.threads) if trunk_frozen else None
+    prefix = frozen_prefix(model)
+    trunk = (OrtTrunk(model.features, cfg.input_size, cfg.threads,
+                      prefix_blocks=prefix if prefix < len(model.features.blocks) else None)
+             if prefix else None)
     model.train()
     # channels_last: ~1.5x faster depthwise convs on CPU when the trunk trains in torch
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -140,8 +156,13 @@ def train(cfg: LocalizerTrainConfig) -> dict[str, Any]:
             break
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * _lr_factor(step, progress, cfg.warmup_steps)
-        if trunk is not None:
+        if trunk is not None and prefix == len(model.features.blocks):
             heat, log_ltrb = model.forward_head(*trunk(x))
+        elif trunk is not None:  # frozen prefix in ONNX Runtime, the later blocks in torch
+            *early, xk = trunk(x)
+            maps = model.features.forward_from(
+                prefix, xk.contiguous(memory_format=torch.channels_last), tuple(early))
+            heat, log_ltrb = model.forward_head(*maps)
         else:
             heat, log_ltrb = model.forward_raw(x.contiguous(memory_format=torch.channels_last))
         loss, parts = localizer_loss(heat, log_ltrb, heat_t, box_t, weight, STRIDE)

@@ -15,23 +15,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.localizer.model import FeatureTaps
+from training.localizer.model import FeatureTaps, TrunkPrefix
 
 
 class OrtTrunk:
-    """``trunk(x) -> (c8, c16[, c32])`` through an ONNX Runtime session of the frozen taps."""
+    """``trunk(x) -> (c8, c16[, c32])`` through an ONNX Runtime session of the frozen taps;
+    with ``prefix_blocks=k`` (the stem and blocks ``0..k-1`` frozen, the rest trained) the
+    taps among those blocks, then block ``k - 1``'s output, for
+    :meth:`FeatureTaps.forward_from`."""
 
-    def __init__(self, taps: FeatureTaps, input_size: int, threads: int | None = None):
+    def __init__(self, taps: FeatureTaps, input_size: int, threads: int | None = None,
+                 prefix_blocks: int | None = None):
         import onnxruntime as ort
 
         taps.eval()
         self._dir = tempfile.TemporaryDirectory(prefix="loc-trunk-")
         path = Path(self._dir.name) / "trunk.onnx"
+        module: torch.nn.Module = taps
         names = [f"c{s}" for s in (8, 16, 32)[: len(taps.channels)]]
+        if prefix_blocks is not None:
+            module = TrunkPrefix(taps, prefix_blocks).eval()  # export restores this mode
+            n_taps = sum(i < prefix_blocks for i in taps.taps)
+            names = [*names[:n_taps], "x"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                taps, (torch.zeros(1, 3, input_size, input_size),), str(path),
+                module, (torch.zeros(1, 3, input_size, input_size),), str(path),
                 input_names=["image"], output_names=names,
                 dynamic_axes={n: {0: "batch"} for n in ("image", *names)},
                 opset_version=17, dynamo=False,
