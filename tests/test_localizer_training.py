@@ -103,6 +103,7 @@ def test_train_a_few_steps_export_and_onnx_matches_torch(tiny_catalog, tmp_path)
     assert cfg.model["stride"] == 8 and cfg.model["input_size"] == 64
     assert cfg.preprocess.resize == "letterbox" and cfg.model_version.startswith("loc-test-")
     assert cfg.evaluation["train"]["steps"] == 3
+    assert cfg.evaluation["train"]["freeze_blocks"] == -1  # tiny_cnn's default: all frozen
     assert "synthetic_val" in cfg.evaluation["train"]
 
     ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
@@ -125,6 +126,16 @@ def test_train_a_few_steps_export_and_onnx_matches_torch(tiny_catalog, tmp_path)
     assert (dets.boxes[:, 2] <= 120).all() and (dets.boxes[:, 3] <= 90).all()
     box = main_box(art, photo)
     assert box is None or (0 <= box[0] < box[2] <= 120 and 0 <= box[1] < box[3] <= 90)
+
+
+def test_freeze_blocks_default_is_the_backbones():
+    from training.localizer.settings import DEFAULT_FREEZE_BLOCKS, LocalizerTrainConfig
+
+    lite = LocalizerTrainConfig(catalogs=["m"], out="o")
+    assert lite.freeze_blocks is None
+    assert lite.trunk_freeze_blocks == DEFAULT_FREEZE_BLOCKS["efficientnet_lite0"] == 8
+    assert LocalizerTrainConfig(catalogs=["m"], out="o", backbone="tiny_cnn").trunk_freeze_blocks == -1
+    assert LocalizerTrainConfig(catalogs=["m"], out="o", freeze_blocks=-1).trunk_freeze_blocks == -1
 
 
 def test_scene_overrides_name_unknown_fields(tiny_catalog, tmp_path):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from service.settings import SettingsError, load_settings
-from training.localizer.settings import LocalizerTrainConfig
+from training.localizer.settings import DEFAULT_FREEZE_BLOCKS, LocalizerTrainConfig
 from training.localizer.synth import SceneConfig
 from training.localizer.train import train
 
@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=d.backbone, help="registered backbone")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="random init (tests); default loads the backbone's ImageNet weights")
-    p.add_argument("--freeze-blocks", type=int, default=d.freeze_blocks,
-                   help="freeze the stem and this many backbone blocks; -1 (or all the blocks the "
+    p.add_argument("--freeze-blocks", type=int, default=None,
+                   help="freeze the stem and this many backbone blocks (default: the backbone's "
+                   f"own, {DEFAULT_FREEZE_BLOCKS}, else -1); -1 (or all the blocks the "
                    "localizer uses: 11 for efficientnet_lite0, 16 with --top-stride 32); the "
                    "frozen blocks (all, or the first K) run in ONNX Runtime during training, "
                    "~10x faster on CPU, the later ones train in torch")

@@ -134,7 +134,7 @@ def train(cfg: LocalizerTrainConfig) -> dict[str, Any]:
     val_cutouts = load_cutouts(val_paths) if val_paths != train_paths else cutouts
     pp = make_preprocess(cfg.backbone, cfg.input_size)
     model = build_localizer(cfg.backbone, pretrained=cfg.pretrained,
-                            freeze_blocks=cfg.freeze_blocks, neck_channels=cfg.neck_channels,
+                            freeze_blocks=cfg.trunk_freeze_blocks, neck_channels=cfg.neck_channels,
                             top_stride=cfg.top_stride)
     opt = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
     data = SceneDataset(cutouts, pp, cfg.steps * cfg.batch_size, cfg.seed, cfg.scene)
@@ -182,6 +182,7 @@ def train(cfg: LocalizerTrainConfig) -> dict[str, Any]:
         "steps": step, "images_seen": step * cfg.batch_size, "train_minutes": round(train_s / 60, 2),
         "loss_heat": round(stats["heat"], 4), "loss_giou": round(stats["giou"], 4),
         "train_sources": len(cutouts), "val_sources": len(val_cutouts),
+        "freeze_blocks": cfg.trunk_freeze_blocks, "frozen_prefix_blocks": prefix,
         "images_per_s": round(step * cfg.batch_size / max(train_s, 1e-9), 1),
     }
     checkpoint = {"state_dict": model.state_dict(), "config": _jsonable(cfg), "step": step}
