@@ -9,9 +9,10 @@ the logits for the losses.
 Feature taps: the backbone registry (``training.models.backbones``) exposes pooled features
 only, so :class:`FeatureTaps` walks the backbone's own blocks and keeps the last map at
 stride 8 and at stride 16, and with ``top_stride=32`` also the last map at stride 32. The
-default (16) never runs the stride-32 blocks; ``top_stride=32`` runs them for context on large
-products (accuracy-study.md, section 8: at 16 the head fires on a salient *part* of a large
-multi-part product, the most common way the product goes missing).
+default (16) never runs the stride-32 blocks; ``top_stride=32`` runs them for more context on
+large products. It was tried against the localizer's most common miss (a salient *part* of a
+large product boxed instead of the whole) and did not help on customer photos, at some
+latency (accuracy-study.md, section 8), so it is an option, not the default.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from training.models.backbones import TinyCNN, create_backbone
 from training.models.efficientnet_lite import EfficientNetLite
 
 STRIDE = 8
+TAP_STRIDES = (8, 16, 32)  # the strides of the feature taps, finest first
 TOP_STRIDES = (16, 32)  # the coarsest feature tap the neck may use
 LTRB_MAX_LOG = 4.0  # exp(4) ≈ 55 strides: larger than any input the localizer is meant for
 
@@ -56,7 +58,7 @@ class FeatureTaps(nn.Module):
             cum.append(stride)
         if top_stride not in TOP_STRIDES:
             raise ValueError(f"top_stride must be one of {TOP_STRIDES}, not {top_stride}")
-        strides_wanted = [s for s in (8, 16, 32) if s <= top_stride]
+        strides_wanted = [s for s in TAP_STRIDES if s <= top_stride]
         missing = [s for s in strides_wanted if s not in cum]
         if missing:
             raise ValueError(f"the backbone must reach strides {strides_wanted}; "
@@ -132,7 +134,7 @@ class LocalizerNet(nn.Module):
         self._frozen: list[nn.Module] = list(getattr(backbone, "_frozen", []))
         c = neck_channels
         # lateral 1x1 of each tap (attribute names kept from the two-level neck: lat8, lat16)
-        for ch, stride in zip(self.features.channels, (8, 16, 32), strict=False):
+        for ch, stride in zip(self.features.channels, TAP_STRIDES, strict=False):
             setattr(self, f"lat{stride}", nn.Sequential(
                 nn.Conv2d(ch, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)))
         self.smooth = nn.Sequential(_sep_conv(c, c), _sep_conv(c, c))
@@ -159,7 +161,7 @@ class LocalizerNet(nn.Module):
     def forward_head(self, *maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Neck + heads on the backbone's maps at strides 8, 16 (, 32) (raw outputs, as
         forward_raw): top-down, each coarser level upsampled (nearest) and added."""
-        levels = [getattr(self, f"lat{s}")(m) for s, m in zip((8, 16, 32), maps, strict=False)]
+        levels = [getattr(self, f"lat{s}")(m) for s, m in zip(TAP_STRIDES, maps, strict=False)]
         p = levels[-1]
         for lat in reversed(levels[:-1]):
             p = lat + F.interpolate(p, size=lat.shape[-2:], mode="nearest")

@@ -156,12 +156,12 @@ def train(cfg: LocalizerTrainConfig) -> dict[str, Any]:
             break
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * _lr_factor(step, progress, cfg.warmup_steps)
-        if trunk is not None and prefix == len(model.features.blocks):
-            heat, log_ltrb = model.forward_head(*trunk(x))
-        elif trunk is not None:  # frozen prefix in ONNX Runtime, the later blocks in torch
-            *early, xk = trunk(x)
-            maps = model.features.forward_from(
-                prefix, xk.contiguous(memory_format=torch.channels_last), tuple(early))
+        if trunk is not None:
+            maps = trunk(x)
+            if prefix < len(model.features.blocks):  # the later blocks train in torch
+                *early, xk = maps
+                maps = model.features.forward_from(
+                    prefix, xk.contiguous(memory_format=torch.channels_last), tuple(early))
             heat, log_ltrb = model.forward_head(*maps)
         else:
             heat, log_ltrb = model.forward_raw(x.contiguous(memory_format=torch.channels_last))

@@ -1,9 +1,10 @@
 """A frozen backbone trunk run by ONNX Runtime during training.
 
-With every block the localizer uses frozen (``freeze_blocks=-1``, or >= 11 for Lite0), eager torch spends most of a training step
-in the trunk's forward (~40 ms per 160 px image on a shared CPU core, measured) although no
-gradient flows through it; ONNX Runtime computes the same maps ~10x faster. Only the neck and
-heads train in torch; the exported artifact still holds one graph (trunk + head, from torch).
+With the blocks the localizer uses frozen (all of them, ``freeze_blocks=-1``, or a prefix),
+eager torch spends most of a training step in the frozen trunk's forward (~40 ms per 160 px
+image on a shared CPU core, measured) although no gradient flows through it; ONNX Runtime
+computes the same maps ~10x faster. Only the trained blocks, the neck and the heads run in
+torch; the exported artifact still holds one graph (trunk + head, from torch).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.localizer.model import FeatureTaps, TrunkPrefix
+from training.localizer.model import TAP_STRIDES, FeatureTaps, TrunkPrefix
 
 
 class OrtTrunk:
@@ -32,7 +33,7 @@ class OrtTrunk:
         self._dir = tempfile.TemporaryDirectory(prefix="loc-trunk-")
         path = Path(self._dir.name) / "trunk.onnx"
         module: torch.nn.Module = taps
-        names = [f"c{s}" for s in (8, 16, 32)[: len(taps.channels)]]
+        names = [f"c{s}" for s in TAP_STRIDES[: len(taps.channels)]]
         if prefix_blocks is not None:
             module = TrunkPrefix(taps, prefix_blocks).eval()  # export restores this mode
             n_taps = sum(i < prefix_blocks for i in taps.taps)
