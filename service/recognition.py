@@ -66,6 +66,12 @@ class OnlineConfig:
     # test-time crops: each localizer box is also cropped with these margins and the model's
     # outputs are averaged over its crops (embedding re-normalised); () = one crop
     extra_margins: tuple[float, ...] = ()
+    # context view: an object whose best candidate scores below ``context_below`` is
+    # recognized once more from its box grown by ``context_margin`` (one crop, a second
+    # model call for those objects only), and the view whose best candidate scores higher
+    # answers: a box on a salient *part* of a large product sees the whole. None = off
+    context_margin: float | None = None
+    context_below: float = 0.5
     search_k: int = 30
     # a selective filter removes neighbours: search ceil(search_k / share of rows passing)
     # deep, at most this many, so about search_k passing neighbours remain

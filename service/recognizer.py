@@ -196,32 +196,24 @@ class Recognizer:
                  for x0, y0, x1, y1 in (rects[0] for rects in views)]
         clock.lap("localize")
 
-        owner = np.repeat(np.arange(len(views)), [len(rects) for rects in views])
-        batch = np.stack([preprocess(img.crop(r), self.sicot.preprocess)
-                          for rects in views for r in rects])
-        out = pool_views(self._run_sicot(batch), owner, len(views))  # one model call
-        emb = out["embedding"].astype(np.float32)
-        clock.lap("recognize")
-
-        depth = self.search_depth(snap, mask)
-        if depth > 0:
-            all_sims, all_rows = snap.index.search(emb, depth)
-        else:
-            all_sims = np.zeros((len(crops), 0), np.float32)
-            all_rows = np.zeros((len(crops), 0), np.int64)
-        clock.lap("search")
-
         eligible = self.eligible_classes(snap, mask) if mask is not None else None
-        ranked = []
-        for i in range(len(crops)):
-            sims, rows = all_sims[i], all_rows[i]
-            keep = rows >= 0
-            if mask is not None:
-                keep &= mask.rows[np.where(keep, rows, 0)]
-            sims, rows = sims[keep][: cfg.search_k], rows[keep][: cfg.search_k]
-            ranked.append(self._rank(out["sku_logits"][i], out["category_logits"][i], sims,
-                                     rows, snap, hint, eligible, opts.top_k))
-        clock.lap("fuse")
+        emb, ranked, depth = self._score_views(img, views, snap, mask, hint, eligible,
+                                               opts.top_k, clock)
+        if cfg.context_margin is not None:  # a second look, wider, at objects it is unsure of
+            unsure = [i for i, (_, src, _) in enumerate(located)
+                      if src == "localizer" and best_score(ranked[i].merged, cfg, self.known_skus)
+                      < cfg.context_below]
+            if unsure:
+                wide = [[crop_rect(located[i][0], cfg.context_margin, (w, h))] for i in unsure]
+                emb2, ranked2, _ = self._score_views(img, wide, snap, mask, hint, eligible,
+                                                     opts.top_k, None)
+                for j, i in enumerate(unsure):
+                    if (best_score(ranked2[j].merged, cfg, self.known_skus)
+                            > best_score(ranked[i].merged, cfg, self.known_skus)):
+                        emb[i], ranked[i] = emb2[j], ranked2[j]
+                        x0, y0, x1, y1 = wide[j][0]
+                        crops[i] = (float(x0), float(y0), float(x1), float(y1))
+                clock.lap("context")  # the stage exists only for requests that took it
 
         wanted = list(dict.fromkeys(m.sku_id for r in ranked for m in r.merged))
         metas = dict(zip(wanted, store.get_skus(snap.version, wanted, published=True),
@@ -235,6 +227,43 @@ class Recognizer:
         stats = FilterStats(mask.skus_passing, depth) if mask is not None else None
         return Recognition(objects=objects, category_names=list(self.categories),
                            image_size=(w, h), timings_ms=clock.ms, filter=stats)
+
+    def _score_views(self, img: Image.Image, views: list[list[tuple[int, int, int, int]]],
+                     snap: IndexSnapshot, mask: FilterMask | None, hint: str | None,
+                     eligible: np.ndarray | None, top_k: int, clock: _Clock | None
+                     ) -> tuple[np.ndarray, list[_Ranked], int]:
+        """Objects given as their crops → (embeddings, ranked candidates, search depth): the
+        model on every crop in one batched call (outputs pooled per object), one batched
+        index search, then fusion, the constrained top-k and the index check per object
+        (stages timed on ``clock`` when given)."""
+        lap = clock.lap if clock is not None else (lambda stage: None)
+        cfg = self.config
+        owner = np.repeat(np.arange(len(views)), [len(rects) for rects in views])
+        batch = np.stack([preprocess(img.crop(r), self.sicot.preprocess)
+                          for rects in views for r in rects])
+        out = pool_views(self._run_sicot(batch), owner, len(views))  # one model call
+        emb = out["embedding"].astype(np.float32)
+        lap("recognize")
+
+        depth = self.search_depth(snap, mask)
+        if depth > 0:
+            all_sims, all_rows = snap.index.search(emb, depth)
+        else:
+            all_sims = np.zeros((len(views), 0), np.float32)
+            all_rows = np.zeros((len(views), 0), np.int64)
+        lap("search")
+
+        ranked = []
+        for i in range(len(views)):
+            sims, rows = all_sims[i], all_rows[i]
+            keep = rows >= 0
+            if mask is not None:
+                keep &= mask.rows[np.where(keep, rows, 0)]
+            sims, rows = sims[keep][: cfg.search_k], rows[keep][: cfg.search_k]
+            ranked.append(self._rank(out["sku_logits"][i], out["category_logits"][i], sims,
+                                     rows, snap, hint, eligible, top_k))
+        lap("fuse")
+        return emb, ranked, depth
 
     def _rank(self, sku_logits: np.ndarray, cat_logits: np.ndarray, sims: np.ndarray,
               rows: np.ndarray, snap: IndexSnapshot, hint: str | None,
@@ -277,11 +306,8 @@ class Recognizer:
             meta = metas[m.sku_id]
             if meta is None:  # the SKU left the catalog after the model was trained
                 continue
-            unknown = m.sku_id not in self.known_skus
-            raw = m.index_vote if unknown else (
-                (1 - cfg.index_weight) * m.classifier_prob + cfg.index_weight * m.index_vote
-            )
-            candidates.append(ScoredCandidate(m.sku_id, float(np.clip(raw, 0, 1)), m.source, meta))
+            score = candidate_score(m, cfg, self.known_skus)
+            candidates.append(ScoredCandidate(m.sku_id, score, m.source, meta))
         candidates.sort(key=lambda c: -c.score)
         candidates = candidates[: opts.top_k]
         if snap.skus is not None and snap.embeddings is not None:
@@ -296,6 +322,21 @@ class Recognizer:
             box=crop if src == "localizer" else box, box_source=src, box_score=box_score,
             detection=box if src == "localizer" else None, shortlist=r.shortlist,
         )
+
+
+def candidate_score(m: MergedCandidate, cfg: OnlineConfig, known_skus: frozenset[str]) -> float:
+    """A candidate's score: ``(1 - w)·p_classifier + w·q_index``, or ``q_index`` alone for a
+    SKU the classifier does not know (added to the catalog after training)."""
+    raw = m.index_vote if m.sku_id not in known_skus else (
+        (1 - cfg.index_weight) * m.classifier_prob + cfg.index_weight * m.index_vote)
+    return float(np.clip(raw, 0, 1))
+
+
+def best_score(merged: list[MergedCandidate], cfg: OnlineConfig,
+               known_skus: frozenset[str]) -> float:
+    """The score of an object's best candidate (0 when it has none): how sure the online
+    path is of it, what the context view is gated and chosen on."""
+    return max((candidate_score(m, cfg, known_skus) for m in merged), default=0.0)
 
 
 def pool_views(out: dict[str, np.ndarray], owner: np.ndarray, n: int) -> dict[str, np.ndarray]:

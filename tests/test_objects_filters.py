@@ -355,3 +355,46 @@ def test_pool_views_averages_rows_per_object_and_renormalises_the_embedding() ->
     assert pooled["embedding"] == pytest.approx(np.array([[s, s], [0.6, 0.8]]), abs=1e-6)
     assert pooled["sku_logits"] == pytest.approx(np.array([[2.0, 2.0], [0.0, 5.0]]))
     assert pool_views(out, np.arange(3), 3) is out  # one crop per object: untouched
+
+
+def _scored(body: dict[str, Any]) -> tuple[list[str], float]:
+    cands = body["candidates"]
+    return [c["sku_id"] for c in cands], (cands[0]["score"] if cands else 0.0)
+
+
+def test_context_view_looks_again_wider_at_unsure_objects_and_keeps_the_surer_answer(
+    served: dict[str, Any], demo_catalog: Path, localizer: Path
+) -> None:
+    photo = _busy_photo(demo_catalog, localizer)
+    plain = _post(served["client"], photo, max_objects=2, top_k=3).json()
+    # a threshold no score is below: never a second look, the same answer
+    never = served["settings"].model_copy(update={"context_margin": 1.0, "context_below": 0.0})
+    with TestClient(create_app(never)) as client:
+        body = _post(client, photo, max_objects=2, top_k=3).json()
+        assert body["objects"] == plain["objects"] and "context" not in body["timings_ms"]
+
+    always = served["settings"].model_copy(update={"context_margin": 1.0, "context_below": 1.0})
+    with TestClient(create_app(always)) as client:
+        state = client.app.state.service  # type: ignore[attr-defined]
+        sicot = state.recognizer.sicot.model
+        sicot.session = RecordingSession(sicot.session)
+        try:
+            body = _post(client, photo, max_objects=2, top_k=3).json()
+            batches = sicot.session.batches
+        finally:
+            sicot.session = sicot.session.session
+    unsure = [o for o in plain["objects"] if _scored(o)[1] < 1.0]
+    assert unsure, "the test photo needs an object the model is not certain of"
+    # one batched call for every object, then one for the unsure objects' wider crops
+    assert [b[0] for b in batches] == [2, len(unsure)] and body["timings_ms"]["context"] > 0
+    size = Image.open(photo).size
+    for obj, first, (det, _) in zip(body["objects"], plain["objects"],
+                                    _ordered_detections(localizer, photo, 2), strict=True):
+        wide = crop_rect(det, 1.0, size)
+        # the wider crop recognized on its own: what a client gets sending it back as roi
+        again = _post(served["client"], photo, roi=",".join(map(str, wide)), top_k=3).json()
+        (ids, score), score_first = _scored(again), _scored(first)[1]
+        if obj["box"]["pixels"] == list(map(float, wide)):  # the wider view answered
+            assert score > score_first and _scored(obj) == (ids, score)
+        else:  # the first view was surer: its answer and box stay
+            assert obj == first and score_first >= score

@@ -234,6 +234,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     loc = load_artifact(args.localizer) if args.localizer else None
     loc_cfg = LocalizerConfig.from_model_cfg(loc.config.model) if loc else LocalizerConfig()
     cfg = OnlineConfig(margin=args.margin, extra_margins=tuple(args.extra_margins),
+                       context_margin=args.context_margin, context_below=args.context_below,
                        search_k=args.search_k, localizer=loc_cfg)
     snap = build_snapshot(sicot, args.catalog)
     items = [it for it in load_items(args.queries) if it.box is not None][: args.limit]
@@ -295,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-margins", type=float, nargs="*", default=[],
                    help="test-time crops: also crop every box with these margins and average "
                    "the model's outputs (the service's extra_crop_margins)")
+    p.add_argument("--context-margin", type=float, default=None,
+                   help="context view: recognize an unsure object again from its box grown "
+                   "by this margin, the surer view answers (the service's context_margin)")
+    p.add_argument("--context-below", type=float, default=OnlineConfig.context_below,
+                   help="best-candidate score under which the context view is tried")
     p.add_argument("--search-k", type=int, default=30, help="neighbours of the search vote")
     p.add_argument("--val-share", type=float, default=0.5, help="queries used to tune weights")
     p.add_argument("--weights", type=float, nargs="+",

@@ -102,6 +102,7 @@ class ServiceState:
         )
         online = OnlineConfig(
             margin=s.localizer_margin, extra_margins=s.extra_crop_margins,
+            context_margin=s.context_margin, context_below=s.context_below,
             search_k=s.search_k, localizer=loc_cfg,
             filter_max_search_k=s.filter_max_search_k,
             # the shortlist only serves retained queries: no per-request top-N otherwise
