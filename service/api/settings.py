@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.recognition import OnlineConfig
 from service.settings import (
     ImageLimits,
     KeyPrefix,
@@ -118,11 +119,11 @@ class ServiceSettings(BaseSettings):
         "with these margins and the model's outputs are averaged (JSON list, e.g. [0.3]); "
         "one model row per extra crop")
     context_margin: float | None = Field(
-        None, ge=0.0, le=10.0, description="context view: an object whose best candidate "
+        OnlineConfig.context_margin, ge=0.0, le=10.0, description="context view: an object whose best candidate "
         "scores below context_below is recognized again from its box grown by this margin "
         "(a second model call for those objects only) and the surer view answers; unset = off")
     context_below: float = Field(
-        0.5, ge=0.0, le=1.0, description="best-candidate score under which the context view "
+        OnlineConfig.context_below, ge=0.0, le=1.0, description="best-candidate score under which the context view "
         "is tried")
     localizer_score_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="lowest detection score kept; unset = the artifact's")
