@@ -8,7 +8,10 @@ photos scores the whole grid.
 Prints, per query set and rule, top-1 / top-3 of the main object, the share of photos that
 take the second model call (the latency cost: one more ~5 ms crop for those only) and the
 share whose answer comes from the wider view, split by whether the main box hits the true
-box (IoU >= 0.5) or not. ``--out`` writes the same as JSON.
+box (IoU >= 0.5) or not, and the latency against one view measured in the same run: the mean
+of the service's total per request plus, for the requests that look twice, the measured time
+of recognizing their wider crop alone (model, search and fusion; the localizer is not run
+twice). ``--out`` writes the same as JSON.
 
     python bench/context_view.py --sicot ART --localizer LOC --catalog CATALOG.jsonl \\
         --queries dev=DEV.jsonl --queries harsh=HARSH.jsonl --margins 0.5 1.0 3.0 \\
@@ -53,6 +56,8 @@ class Photo:
     hit: bool  # the main box has IoU >= 0.5 with the true box
     primary: View
     wide: dict[float, View] = field(default_factory=dict)  # by context margin; none: no box
+    primary_ms: float = 0.0  # the service's total for the one-view request
+    wide_ms: dict[float, float] = field(default_factory=dict)  # a wider crop alone (no localizer)
 
 
 def view_of(res: Recognition) -> View:
@@ -74,6 +79,12 @@ def score_rule(photos: list[Photo], margin: float | None, below: float) -> dict[
     rows = [choose(p, margin, below) if margin is not None else (p.primary, False, False)
             for p in photos]
     out: dict[str, float] = {}
+    # latency: every request pays the one-view path, those that look twice also a crop
+    base = float(np.mean([p.primary_ms for p in photos]))
+    extra = float(np.mean([p.wide_ms[margin] if second else 0.0
+                           for p, (_, second, _) in zip(photos, rows, strict=True)]))
+    out["mean ms"] = round(base + extra, 2)
+    out["ms / one view"] = round((base + extra) / base, 3) if base > 0 else 1.0
     for name, sel in (("all", [True] * len(photos)), ("box hit", [p.hit for p in photos]),
                       ("box missed", [not p.hit for p in photos])):
         idx = [i for i, s in enumerate(sel) if s]
@@ -100,12 +111,13 @@ def collect(rec: Recognizer, snap, items, margins: list[float], desc: str) -> li
         hit = False
         if obj.detection is not None:
             hit = float(box_iou(true, np.asarray([obj.detection], np.float32))[0, 0]) >= 0.5
-        p = Photo(item.sku_id, hit, view_of(res))
+        p = Photo(item.sku_id, hit, view_of(res), primary_ms=res.timings_ms["total"])
         if obj.box_source == "localizer" and obj.detection is not None:
             for m in margins:
                 roi = crop_rect(obj.detection, m, img.size)
                 wide = rec.recognize(img, snap, NoMetadata(), RecognizeOptions(roi=roi))
                 p.wide[m] = view_of(wide)
+                p.wide_ms[m] = wide.timings_ms["total"] - wide.timings_ms.get("metadata", 0.0)
         photos.append(p)
     return photos
 
@@ -144,14 +156,15 @@ def main(argv: list[str] | None = None) -> int:
                         score_rule(photos, m, b) for m, b in rules}
     names = list(report)
     print("rule".ljust(26) + "".join(f"{n} top1 / top3 / 2nd call % / wider % / hit / missed".ljust(56)
-                                     for n in names) + "mean top1")
+                                     for n in names) + "mean top1   ms / one view")
     for key in report[names[0]]:
         cells = [report[n][key] for n in names]
         line = key.ljust(26) + "".join(
             f"{c['all top1']:.1f} / {c['top3']:.1f} / {c['second call %']:.1f} / "
             f"{c['wider view answers %']:.1f} / {c.get('box hit top1', 0):.1f} / "
             f"{c.get('box missed top1', 0):.1f}".ljust(56) for c in cells)
-        print(line + f"{np.mean([c['all top1'] for c in cells]):.2f}")
+        print(line + f"{np.mean([c['all top1'] for c in cells]):.2f}".ljust(12)
+              + f"{np.mean([c['ms / one view'] for c in cells]):.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     return 0
