@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     rt = OnnxRuntimeSettings(intra_op_threads=1)
     sicot, loc = load_artifact(args.sicot, rt), load_artifact(args.localizer, rt)
     snap = build_snapshot(sicot, args.catalog)
-    cfg = OnlineConfig(localizer=LocalizerConfig.from_model_cfg(loc.config.model),
+    cfg = OnlineConfig(context_margin=None,  # one view; the rules are applied below
+                       localizer=LocalizerConfig.from_model_cfg(loc.config.model),
                        fusion_weight=float(sicot.config.evaluation.get("fusion_weight",
                                                                        FUSION_WEIGHT)))
     rec = Recognizer(sicot, loc, cfg)

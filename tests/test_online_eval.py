@@ -112,7 +112,8 @@ def test_context_view_bench_scores_the_rules_the_service_applies(
     # the bench's simulated "always" rule is what the service's Recognizer answers
     sicot, localizer = load_artifact(tiny_artifact), load_artifact(loc)
     snap = build_snapshot(sicot, catalog)
-    cfg = OnlineConfig(localizer=LocalizerConfig.from_model_cfg(localizer.config.model),
+    cfg = OnlineConfig(context_margin=None,
+                       localizer=LocalizerConfig.from_model_cfg(localizer.config.model),
                        fusion_weight=float(sicot.config.evaluation.get("fusion_weight", 0.7)))
     rec = Recognizer(sicot, localizer, replace(cfg, context_margin=1.0, context_below=1.01))
     items = [it for it in load_items(queries) if it.box is not None][:8]

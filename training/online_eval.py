@@ -296,11 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-margins", type=float, nargs="*", default=[],
                    help="test-time crops: also crop every box with these margins and average "
                    "the model's outputs (the service's extra_crop_margins)")
-    p.add_argument("--context-margin", type=float, default=None,
+    p.add_argument("--context-margin", type=float, default=OnlineConfig.context_margin,
                    help="context view: recognize an unsure object again from its box grown "
                    "by this margin, the surer view answers (the service's context_margin)")
     p.add_argument("--context-below", type=float, default=OnlineConfig.context_below,
-                   help="best-candidate score under which the context view is tried")
+                   help="best-candidate score under which the context view is tried (0: off)")
     p.add_argument("--search-k", type=int, default=30, help="neighbours of the search vote")
     p.add_argument("--val-share", type=float, default=0.5, help="queries used to tune weights")
     p.add_argument("--weights", type=float, nargs="+",

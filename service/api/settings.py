@@ -119,12 +119,13 @@ class ServiceSettings(BaseSettings):
         "with these margins and the model's outputs are averaged (JSON list, e.g. [0.3]); "
         "one model row per extra crop")
     context_margin: float | None = Field(
-        OnlineConfig.context_margin, ge=0.0, le=10.0, description="context view: an object whose best candidate "
-        "scores below context_below is recognized again from its box grown by this margin "
-        "(a second model call for those objects only) and the surer view answers; unset = off")
+        OnlineConfig.context_margin, ge=0.0, le=10.0,
+        description="context view: an object whose best candidate scores below "
+        "context_below is recognized again from its box grown by this margin (a second "
+        "model call for those objects only) and the surer view answers")
     context_below: float = Field(
-        OnlineConfig.context_below, ge=0.0, le=1.0, description="best-candidate score under which the context view "
-        "is tried")
+        OnlineConfig.context_below, ge=0.0, le=1.0,
+        description="best-candidate score under which the context view is tried; 0 = off")
     localizer_score_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="lowest detection score kept; unset = the artifact's")
     search_k: int = Field(30, ge=1, le=1000, description="neighbours of the category vote")
