@@ -4,7 +4,10 @@ decode (caller) → localize the products (or take the client's ROI) → crop ea
 SICoT visual path on every crop in one batched call (embedding, SKU logits, category logits) →
 nearest catalog images (FAISS, one batched search) → per object: category fusion (model +
 search vote) → category-constrained SKU top-k → index check (merge with the neighbours' SKUs)
-→ SKU metadata of every object from Redis in one round trip → each candidate's nearest catalog
+→ the context view: the objects whose best candidate scores below ``context_below`` are
+recognized once more, in a second batched call, from their box grown by ``context_margin``,
+and the surer of the two views answers (a box on a part of a large product sees the whole) →
+SKU metadata of every object from Redis in one round trip → each candidate's nearest catalog
 image.
 
 A label ``filter`` removes SKUs before any top-k: the classifier's candidates (never returned,
