@@ -72,7 +72,9 @@ class ImageSize(BaseModel):
 class DetectedObject(BaseModel):
     """One product found in the photo, recognised on its own crop."""
 
-    box: BoxUsed = Field(description="send box.pixels back as roi to recognise only this one")
+    box: BoxUsed = Field(description="the crop it was recognised from (the localizer's box "
+                         "grown by the crop margin, or by the context margin when the wider "
+                         "view answered); send box.pixels back as roi to recognise only it")
     score: float | None = Field(None, description="the localizer's score of the box "
                                 "(null for a roi or the whole photo)", examples=[0.91])
     category: CategoryPrediction | None
