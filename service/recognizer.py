@@ -203,16 +203,15 @@ class Recognizer:
         emb, ranked, depth = self._score_views(img, views, snap, mask, hint, eligible,
                                                opts.top_k, clock)
         if cfg.context_margin is not None:  # a second look, wider, at objects it is unsure of
+            sure = [best_score(r.merged, cfg, self.known_skus) for r in ranked]
             unsure = [i for i, (_, src, _) in enumerate(located)
-                      if src == "localizer" and best_score(ranked[i].merged, cfg, self.known_skus)
-                      < cfg.context_below]
+                      if src == "localizer" and sure[i] < cfg.context_below]
             if unsure:
                 wide = [[crop_rect(located[i][0], cfg.context_margin, (w, h))] for i in unsure]
                 emb2, ranked2, _ = self._score_views(img, wide, snap, mask, hint, eligible,
                                                      opts.top_k, None)
                 for j, i in enumerate(unsure):
-                    if (best_score(ranked2[j].merged, cfg, self.known_skus)
-                            > best_score(ranked[i].merged, cfg, self.known_skus)):
+                    if best_score(ranked2[j].merged, cfg, self.known_skus) > sure[i]:
                         emb[i], ranked[i] = emb2[j], ranked2[j]
                         x0, y0, x1, y1 = wide[j][0]
                         crops[i] = (float(x0), float(y0), float(x1), float(y1))

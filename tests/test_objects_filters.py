@@ -308,6 +308,22 @@ def test_micro_batching_serves_every_object_of_a_request(
         [[c["sku_id"] for c in o["candidates"]] for o in plain["objects"]]
 
 
+def _post_recording_batches(settings: Any, photo: Path, **params: Any
+                            ) -> tuple[dict[str, Any], list[tuple[int, ...]], np.ndarray]:
+    """One request to a service made from ``settings``, with the input shape of every call
+    of its real SICoT ONNX session recorded: (answer, batch shapes, served embeddings)."""
+    with TestClient(create_app(settings)) as client:
+        state = client.app.state.service  # type: ignore[attr-defined]
+        sicot = state.recognizer.sicot.model
+        sicot.session = RecordingSession(sicot.session)
+        try:
+            body = _post(client, photo, **params).json()
+            batches = sicot.session.batches
+        finally:
+            sicot.session = sicot.session.session
+        return body, batches, state.snapshot.embeddings
+
+
 def test_extra_crop_margins_pool_each_objects_crops_in_the_same_model_call(
     served: dict[str, Any], demo_catalog: Path, localizer: Path
 ) -> None:
@@ -321,16 +337,7 @@ def test_extra_crop_margins_pool_each_objects_crops_in_the_same_model_call(
         assert _post(client, photo, max_objects=2, top_k=3).json()["objects"] == plain["objects"]
 
     settings = one_view.model_copy(update={"extra_crop_margins": (0.3,)})
-    with TestClient(create_app(settings)) as client:
-        state = client.app.state.service  # type: ignore[attr-defined]
-        sicot = state.recognizer.sicot.model
-        sicot.session = RecordingSession(sicot.session)
-        try:
-            body = _post(client, photo, max_objects=2, top_k=3).json()
-            batches = sicot.session.batches
-        finally:
-            sicot.session = sicot.session.session
-        embeddings = state.snapshot.embeddings
+    body, batches, embeddings = _post_recording_batches(settings, photo, max_objects=2, top_k=3)
     # 2 objects x 2 margins in one call; each object keeps its primary crop as its box
     assert [b[0] for b in batches] == [4]
     assert [o["box"] for o in body["objects"]] == [o["box"] for o in plain["objects"]]
@@ -375,15 +382,7 @@ def test_context_view_looks_again_wider_at_unsure_objects_and_keeps_the_surer_an
         assert "context" not in plain["timings_ms"]
 
     always = served["settings"].model_copy(update={"context_margin": 1.0, "context_below": 1.0})
-    with TestClient(create_app(always)) as client:
-        state = client.app.state.service  # type: ignore[attr-defined]
-        sicot = state.recognizer.sicot.model
-        sicot.session = RecordingSession(sicot.session)
-        try:
-            body = _post(client, photo, max_objects=2, top_k=3).json()
-            batches = sicot.session.batches
-        finally:
-            sicot.session = sicot.session.session
+    body, batches, _ = _post_recording_batches(always, photo, max_objects=2, top_k=3)
     unsure = [o for o in plain["objects"] if _scored(o)[1] < 1.0]
     assert unsure, "the test photo needs an object the model is not certain of"
     # one batched call for every object, then one for the unsure objects' wider crops
