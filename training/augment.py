@@ -11,7 +11,8 @@ Two knobs (0 turns a group off, 1 is the default strength, up to 3 is allowed):
   drawn on the edges (line-art look).  Channel shuffles and hue rotations are left out on
   purpose: they change which product it is.
 
-Plus random erasing (``erasing_p``) for occlusions.  Each call is seeded (``seed`` argument)
+Plus random erasing (``erasing_p``) for occlusions, and ``rand_conv``: the probability of a
+random convolution (:class:`RandomConvolution`), a style breaker that keeps colour.  Each call is seeded (``seed`` argument)
 through a forked RNG, so the augmentation of a batch is a pure function of (seed, batch) and
 does not depend on, or disturb, the global RNG that model initialisation and dropout use.
 """
@@ -57,8 +58,44 @@ class RandomOutline(nn.Module):
         out[chosen] = sel * (1.0 - dark * edge)
         return out
 
+class RandomConvolution(nn.Module):
+    """Random convolutions (RandConv, Xu et al., ICLR 2021) that keep colour.
 
-def build_ops(strength: float, style: float, erasing_p: float) -> list[nn.Module]:
+    Each chosen image is filtered by a random k×k kernel (k from ``kernel_sizes``, weights
+    N(0, 1/k²)), the *same* spatial kernel for the three channels, so channels are never mixed
+    (colour identifies a product, see the module docstring); the result is matched to the
+    image's per-channel mean and standard deviation (colour and contrast stay; a kernel with a
+    negative sum is negated, so no image turns into its negative) and blended with
+    the image by a random α ~ U(0, 1).  What changes is texture, stroke and shading: the
+    local-structure part of an art style.  Reflect padding keeps borders free of dark frames.
+    """
+
+    def __init__(self, p: float, kernel_sizes: Sequence[int] = (3, 5, 7), eps: float = 1e-5) -> None:
+        super().__init__()
+        if any(k % 2 == 0 or k < 1 for k in kernel_sizes):
+            raise ValueError("kernel sizes must be odd and positive")
+        self.p, self.kernel_sizes, self.eps = p, tuple(kernel_sizes), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chosen = torch.nonzero(torch.rand(x.shape[0], device=x.device) < self.p).flatten()
+        if chosen.numel() == 0:
+            return x
+        out = x.clone()
+        for i in chosen.tolist():
+            k = self.kernel_sizes[int(torch.randint(len(self.kernel_sizes), ()))]
+            weight = torch.randn(1, 1, k, k, device=x.device, dtype=x.dtype) / k
+            weight = weight * torch.sign(weight.sum())  # keep polarity: no negative images
+            img = x[i].unsqueeze(1)  # channels as a batch of 1-channel images: one kernel for all
+            y = F.conv2d(F.pad(img, (k // 2,) * 4, mode="reflect"), weight).squeeze(1)
+            mu, sd = x[i].mean((-2, -1), keepdim=True), x[i].std((-2, -1), keepdim=True)
+            y = (y - y.mean((-2, -1), keepdim=True)) / (y.std((-2, -1), keepdim=True) + self.eps)
+            alpha = torch.rand((), device=x.device, dtype=x.dtype)
+            out[i] = alpha * x[i] + (1 - alpha) * (y * sd + mu)
+        return out
+
+
+def build_ops(strength: float, style: float, erasing_p: float,
+              rand_conv: float = 0.0) -> list[nn.Module]:
     """The list of augmentation modules for the given strengths (see module docstring)."""
     ops: list[nn.Module] = []
     s, t = strength, style
@@ -84,6 +121,8 @@ def build_ops(strength: float, style: float, erasing_p: float) -> list[nn.Module
             K.RandomSharpness(sharpness=(0.5, 1.0), p=_p(0.2 * t)),
             RandomOutline(p=_p(0.3 * t)),
         ]
+    if rand_conv > 0:  # after the other style ops, before erasing; absent at 0 (same RNG draws)
+        ops.append(RandomConvolution(p=_p(rand_conv)))
     if erasing_p > 0:
         ops.append(K.RandomErasing(scale=(0.02, 0.2), ratio=(0.3, 3.3), value=0.5, p=erasing_p))
     return ops
@@ -93,15 +132,15 @@ class BatchAugment(nn.Module):
     """Normalised batch → de-normalise → kornia ops in [0, 1] → clamp → re-normalise."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], *, strength: float = 1.0,
-                 style: float = 0.5, erasing_p: float = 0.25) -> None:
+                 style: float = 0.5, erasing_p: float = 0.25, rand_conv: float = 0.0) -> None:
         super().__init__()
         self.mean: torch.Tensor
         self.std: torch.Tensor
-        if min(strength, style, erasing_p) < 0:
+        if min(strength, style, erasing_p, rand_conv) < 0:
             raise ValueError("augmentation strengths must be >= 0")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.ops = nn.Sequential(*build_ops(strength, style, erasing_p))
+        self.ops = nn.Sequential(*build_ops(strength, style, erasing_p, rand_conv))
 
     @property
     def enabled(self) -> bool:

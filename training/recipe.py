@@ -33,6 +33,7 @@ class Recipe:
     catalog_views: int = 16  # cached customer views per catalog image
     epochs: int = 5
     lr: float = 0.1
+    rand_conv_p: float = 0.0  # colour-keeping random convolutions (study section 11: not adopted yet)
 
 
 RECIPE = Recipe()

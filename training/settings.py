@@ -123,6 +123,9 @@ class TrainConfig(BaseSettings):
         0.5, ge=0, le=3, description="art-style breakers (grayscale, posterize, outline, ...)"
     )
     erasing_p: float = Field(0.25, ge=0, le=1, description="random erasing probability")
+    rand_conv_p: float = Field(
+        RECIPE.rand_conv_p, ge=0, le=1,
+        description="probability of a colour-keeping random convolution (style breaker)")
 
     # --- evaluation ------------------------------------------------------------------------
     eval_every: int = Field(1, ge=0, description="held-out evaluation every N epochs (0 = end)")

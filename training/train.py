@@ -160,7 +160,8 @@ def run(cfg: TrainConfig, info: DistInfo, ckpt: dict[str, Any] | None, device: t
     extra = {"labels": splits.labels.model_dump(), "preprocess": pcfg.model_dump(mode="json")}
     ddp = wrap_model(model, info, device, cfg.ddp_find_unused, sharded_state.ddp_ignored(model))
     augment = BatchAugment(pcfg.mean, pcfg.std, strength=cfg.augment_strength,
-                           style=cfg.style_strength, erasing_p=cfg.erasing_p).to(device)
+                           style=cfg.style_strength, erasing_p=cfg.erasing_p,
+                           rand_conv=cfg.rand_conv_p).to(device)
     prior = torch.from_numpy(
         log_prior_from_counts(builders.epoch_class_counts(cfg, splits))).to(device)
     out, total = cfg.output_dir, spe * cfg.epochs
