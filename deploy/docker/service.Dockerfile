@@ -25,7 +25,7 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Only the inference core: the service never imports training/ or index_builder/.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY service ./service
 # The CPU builds are uninstalled before the GPU ones go in: both ship the same `onnxruntime`
 # package folder, and removing one after the other would delete the other's files.
