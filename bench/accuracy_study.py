@@ -141,6 +141,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="more training manifests (e.g. `sku-feedback export` pairs), each image "
                    "seen WEIGHT times per epoch, viewed like the training set; every variant")
     p.add_argument("--cache-dir", type=Path, help="where the trunk caches are (default: --out)")
+    p.add_argument("--style-strength", type=float, default=1.0,
+                   help="art-style breakers (training.augment) in the cached training and "
+                   "customer views (a cache setting: every variant)")
     p.add_argument("--rand-conv", type=float, default=RECIPE.rand_conv_p,
                    help="probability of a colour-keeping random convolution in the cached "
                    "training and customer views (a cache setting: every variant)")
@@ -167,7 +170,8 @@ def base_config(args: argparse.Namespace) -> TrainConfig:
         train_manifest=args.data / "train" / "manifest.jsonl", input_size=args.input_size,
         freeze_blocks=args.cut, batch_size=args.batch_size, schedule="cosine",
         warmup_epochs=0.25, weight_decay=5e-4, seed=args.seed, crop_scale_min=0.35,
-        augment_strength=1.0, style_strength=1.0, erasing_p=0.25, rand_conv_p=args.rand_conv,
+        augment_strength=1.0, style_strength=args.style_strength, erasing_p=0.25,
+        rand_conv_p=args.rand_conv,
         text_encoder="bilinear_attention", output_dir=args.out / "runs", export=False,
         channels_last=True)
 
@@ -206,10 +210,11 @@ def build_study(args: argparse.Namespace) -> Study:
     runner = TrunkRunner(model.backbone, args.cut, args.input_size, "ort", threads=args.threads,
                          onnx_path=cache_dir / f"trunk-k{args.cut}-s{args.input_size}.onnx")
     key = f"k{args.cut}-s{args.input_size}-seed{args.seed}"
-    view_key = key + (f"-rc{args.rand_conv:g}" if args.rand_conv else "")  # augmented views only
+    view_key = (key + (f"-st{args.style_strength:g}" if args.style_strength != 1.0 else "")
+                + (f"-rc{args.rand_conv:g}" if args.rand_conv else ""))  # augmented views only
     t0 = time.perf_counter()
-    aug = BatchAugment(pcfg.mean, pcfg.std, strength=1.0, style=1.0, erasing_p=0.25,
-                       rand_conv=args.rand_conv)
+    aug = BatchAugment(pcfg.mean, pcfg.std, strength=1.0, style=args.style_strength,
+                       erasing_p=0.25, rand_conv=args.rand_conv)
     aug_ds = SkuDataset(splits.train, lm, source, pcfg, seed=args.seed,
                         train_transform=TrainTransform(pcfg, scale=(0.35, 1.0)))
     st.maps["train"] = _cached(cache_dir / f"cache-train-{view_key}-v{args.train_views}.npy",
@@ -228,8 +233,8 @@ def build_study(args: argparse.Namespace) -> Study:
                 args.seed), runner, desc="extra views"))
     t0 = time.perf_counter()
     cuts = [make_cutout(source.load(it.image)) for it in catalog]
-    style = BatchAugment(pcfg.mean, pcfg.std, strength=0.0, style=1.0, erasing_p=0.0,
-                         rand_conv=args.rand_conv)
+    style = BatchAugment(pcfg.mean, pcfg.std, strength=0.0, style=args.style_strength,
+                         erasing_p=0.0, rand_conv=args.rand_conv)
     views = CustomerViewDataset(catalog, cuts, lm, pcfg, CustomerViewConfig(), seed=args.seed)
     st.maps["catalog_views"] = _cached(
         cache_dir / f"cache-catalogviews-{view_key}-v{args.catalog_views}.npy",
@@ -355,7 +360,8 @@ def cache_setup(args: argparse.Namespace) -> dict[str, Any]:
     """What a trained run depends on besides its variant: the caches it was trained on."""
     return {"data": str(args.data), "input_size": args.input_size, "cut": args.cut,
             "train_views": args.train_views, "catalog_views": args.catalog_views,
-            "seed": args.seed, "extra_train": args.extra_train, "rand_conv": args.rand_conv}
+            "seed": args.seed, "extra_train": args.extra_train, "style_strength": args.style_strength,
+            "rand_conv": args.rand_conv}
 
 
 def variant_config(st: Study, v: Variant) -> TrainConfig:
