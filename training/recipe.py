@@ -33,7 +33,7 @@ class Recipe:
     catalog_views: int = 16  # cached customer views per catalog image
     epochs: int = 5
     lr: float = 0.1
-    rand_conv_p: float = 0.0  # colour-keeping random convolutions (study section 11: not adopted yet)
+    rand_conv_p: float = 0.0  # colour-keeping random convolutions: tried, not adopted (study section 10)
 
 
 RECIPE = Recipe()
