@@ -117,11 +117,12 @@ def ensure_data(args: argparse.Namespace) -> None:
 def build_caches(args: argparse.Namespace) -> tuple[study.Study, dict[str, Any]]:
     """The study's caches (reused when ``--out`` holds them) + the OpenMoji query crops (all
     of them, as Tables 2-4 always reported)."""
-    ns = argparse.Namespace(data=args.data, out=args.out, input_size=args.input_size,
-                            cut=args.cut, train_views=args.train_views,
-                            catalog_views=args.catalog_views, batch_size=args.batch_size,
-                            seed=args.seed, threads=args.threads,
-                            query=[f"queries={args.data / 'queries' / 'manifest.jsonl'}"])
+    ns = study.parse_args([  # the study's own defaults for every cache setting not given here
+        "--data", str(args.data), "--out", str(args.out), "--input-size", str(args.input_size),
+        "--cut", str(args.cut), "--train-views", str(args.train_views),
+        "--catalog-views", str(args.catalog_views), "--batch-size", str(args.batch_size),
+        "--seed", str(args.seed), "--threads", str(args.threads),
+        "--query", f"queries={args.data / 'queries' / 'manifest.jsonl'}"])
     st = study.build_study(ns)
     lm = st.splits.labels
     index = lm.index_of()
