@@ -141,7 +141,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="more training manifests (e.g. `sku-feedback export` pairs), each image "
                    "seen WEIGHT times per epoch, viewed like the training set; every variant")
     p.add_argument("--cache-dir", type=Path, help="where the trunk caches are (default: --out)")
-    p.add_argument("--style-strength", type=float, default=RECIPE.style_strength,
+    p.add_argument("--style-strength", type=float, default=1.0,
                    help="art-style breakers (training.augment) in the cached training and "
                    "customer views (a cache setting: every variant)")
     p.add_argument("--rand-conv", type=float, default=RECIPE.rand_conv_p,
@@ -210,7 +210,7 @@ def build_study(args: argparse.Namespace) -> Study:
     runner = TrunkRunner(model.backbone, args.cut, args.input_size, "ort", threads=args.threads,
                          onnx_path=cache_dir / f"trunk-k{args.cut}-s{args.input_size}.onnx")
     key = f"k{args.cut}-s{args.input_size}-seed{args.seed}"
-    view_key = (key + (f"-st{args.style_strength:g}" if args.style_strength != 1.0 else "")  # 1.0: old names
+    view_key = (key + (f"-st{args.style_strength:g}" if args.style_strength != 1.0 else "")
                 + (f"-rc{args.rand_conv:g}" if args.rand_conv else ""))  # augmented views only
     t0 = time.perf_counter()
     aug = BatchAugment(pcfg.mean, pcfg.std, strength=1.0, style=args.style_strength,

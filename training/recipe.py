@@ -33,7 +33,6 @@ class Recipe:
     catalog_views: int = 16  # cached customer views per catalog image
     epochs: int = 5
     lr: float = 0.1
-    style_strength: float = 1.0  # art-style breakers of training.augment (every study cache)
     rand_conv_p: float = 0.0  # colour-keeping random convolutions: tried, not adopted (study section 10)
 
 
