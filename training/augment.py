@@ -12,7 +12,8 @@ Two knobs (0 turns a group off, 1 is the default strength, up to 3 is allowed):
   purpose: they change which product it is.
 
 Plus random erasing (``erasing_p``) for occlusions, and ``rand_conv``: the probability of a
-random convolution (:class:`RandomConvolution`), a style breaker that keeps colour.  Each call is seeded (``seed`` argument)
+random convolution (:class:`RandomConvolution`), a style breaker that keeps colour (off by
+default; tried and not adopted by the accuracy study).  Each call is seeded (``seed`` argument)
 through a forked RNG, so the augmentation of a batch is a pure function of (seed, batch) and
 does not depend on, or disturb, the global RNG that model initialisation and dropout use.
 """
@@ -58,6 +59,7 @@ class RandomOutline(nn.Module):
         out[chosen] = sel * (1.0 - dark * edge)
         return out
 
+
 class RandomConvolution(nn.Module):
     """Random convolutions (RandConv, Xu et al., ICLR 2021) that keep colour.
 
@@ -65,8 +67,8 @@ class RandomConvolution(nn.Module):
     N(0, 1/k²)), the *same* spatial kernel for the three channels, so channels are never mixed
     (colour identifies a product, see the module docstring); the result is matched to the
     image's per-channel mean and standard deviation (colour and contrast stay; a kernel with a
-    negative sum is negated, so no image turns into its negative) and blended with
-    the image by a random α ~ U(0, 1).  What changes is texture, stroke and shading: the
+    negative sum is negated, so no image turns into its negative) and blended with the image by
+    a random α ~ U(0, 1).  What changes is texture, stroke and shading: the
     local-structure part of an art style.  Reflect padding keeps borders free of dark frames.
     """
 
