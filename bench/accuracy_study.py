@@ -90,6 +90,7 @@ class Variant:
     dropout: float = RECIPE.dropout
     epochs: int = RECIPE.epochs
     lr: float = RECIPE.lr
+    backbone_lr_scale: float = RECIPE.backbone_lr_scale  # trained trunk blocks: lr × this
     lam: float = 1.0
 
 
@@ -137,6 +138,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--export-prefix", default="emoji",
                    help="artifact name = PREFIX-VARIANT (under OUT/artifacts)")
     p.add_argument("--epochs", type=int, default=0, help="override every variant's epochs")
+    p.add_argument("--backbone-lr-scale", type=float, default=None,
+                   help="override every variant's lr multiplier of the trained trunk blocks "
+                   "(blocks[cut:] + head conv; the projection and heads keep the full lr)")
     p.add_argument("--extra-train", action="append", default=[], metavar="PATH[:WEIGHT]",
                    help="more training manifests (e.g. `sku-feedback export` pairs), each image "
                    "seen WEIGHT times per epoch, viewed like the training set; every variant")
@@ -367,6 +371,7 @@ def cache_setup(args: argparse.Namespace) -> dict[str, Any]:
 def variant_config(st: Study, v: Variant) -> TrainConfig:
     return st.cfg.model_copy(update={
         "text_encoder": v.text_encoder, "tau": v.tau, "epochs": v.epochs, "lr": v.lr,
+        "backbone_lr_scale": v.backbone_lr_scale,
         "lam": v.lam, "dropout": v.dropout, "head": v.head, "cosine_scale": v.scale,
         "cosine_margin": v.margin, "mix_style_p": v.mix_style})
 
@@ -439,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         v = VARIANTS[name]
         if args.epochs:
             v = replace(v, epochs=args.epochs)
+        if args.backbone_lr_scale is not None:
+            v = replace(v, backbone_lr_scale=args.backbone_lr_scale)
         rep = run_variant(st, name, v)
         summary["variants"][name] = rep
         summary_path.write_text(json.dumps(json_safe(summary), indent=2))

@@ -33,6 +33,7 @@ class Recipe:
     catalog_views: int = 16  # cached customer views per catalog image
     epochs: int = 5
     lr: float = 0.1
+    backbone_lr_scale: float = 1.0  # lr multiplier of the trained trunk blocks (study section 12)
     rand_conv_p: float = 0.0  # colour-keeping random convolutions: tried, not adopted (study section 10)
 
 

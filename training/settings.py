@@ -107,7 +107,8 @@ class TrainConfig(BaseSettings):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(1e-4, ge=0)
-    backbone_lr_scale: float = Field(1.0, ge=0, description="backbone lr = lr × this")
+    backbone_lr_scale: float = Field(RECIPE.backbone_lr_scale, ge=0,
+                                     description="backbone lr = lr × this")
     schedule: Literal["step", "cosine", "constant"] = "step"
     step_gamma: float = Field(0.8, gt=0, le=1, description="step schedule: lr × gamma ...")
     step_epochs: float = Field(1.0, gt=0, description="... every this many epochs")
