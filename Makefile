@@ -6,25 +6,32 @@ PY := $(VENV)/bin/python
 EXTRAS ?= serve,train,dev
 DEMO_DIR ?= demo-output
 DEMO_SKUS ?= 40
+# The versions CI and the tests ran with (`make lock` rewrites it); CONSTRAINTS= installs the newest.
+CONSTRAINTS ?= constraints.txt
 # What the compose smoke test (tests/test_compose.py) needs besides the venv: Debian packages.
 # dnsname: compose's service names (redis://redis:6379) resolve on podman's CNI networks.
 CONTAINER_TOOLS := podman runc debootstrap golang-github-containernetworking-plugin-dnsname
 
-.PHONY: setup demo serve-demo test lint typecheck bench clean help container-tools images-offline compose-demo compose-down
+.PHONY: setup lock demo serve-demo test lint typecheck bench clean help container-tools images-offline compose-demo compose-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(VENV)/.installed-$(EXTRAS): pyproject.toml
+$(VENV)/.installed-$(EXTRAS): pyproject.toml $(CONSTRAINTS)
 	@test -n "$(PYTHON)" || { echo "Python 3.11 is required (python3.11 or python3 on PATH)"; exit 1; }
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 required, found " + sys.version' 
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]" $(if $(CONSTRAINTS),--constraint $(CONSTRAINTS))
 	touch $@
 
 setup: $(VENV)/.installed-$(EXTRAS)  ## create .venv with every extra and make sure redis-server exists
 	$(VENV)/bin/sku-redis --ensure
+
+lock:  ## rewrite constraints.txt from .venv (upgrade: rm -r .venv; make test CONSTRAINTS=; make lock)
+	@test -x $(PY) || { echo "no $(VENV): run make setup first"; exit 1; }
+	{ echo "# Written by \`make lock\` from a .venv whose \`make test\` passed; \`make setup\` installs these."; \
+	  $(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.txt
 
 demo: setup  ## the end-to-end demo: catalog → train → localizer → index → service → queries
 	$(VENV)/bin/sku-demo --out $(DEMO_DIR) --skus $(DEMO_SKUS) $(DEMO_ARGS)
