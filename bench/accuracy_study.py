@@ -145,7 +145,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="more training manifests (e.g. `sku-feedback export` pairs), each image "
                    "seen WEIGHT times per epoch, viewed like the training set; every variant")
     p.add_argument("--cache-dir", type=Path, help="where the trunk caches are (default: --out)")
-    p.add_argument("--style-strength", type=float, default=1.0,
+    p.add_argument("--style-strength", type=float, default=RECIPE.style_strength,
                    help="art-style breakers (training.augment) in the cached training and "
                    "customer views (a cache setting: every variant)")
     p.add_argument("--rand-conv", type=float, default=RECIPE.rand_conv_p,

@@ -108,10 +108,11 @@ def train_args(fields: dict[str, object]) -> list[str]:
     return argv
 
 
-# The test models keep the pre-recipe head and loss (linear head, plain CE, no MixStyle) so the
-# behaviour the service tests lean on does not drift with training.recipe's defaults.
+# The test models keep the pre-recipe head, loss and augmentation (linear head, plain CE, no
+# MixStyle, style breakers at 0.5) so the behaviour the service tests lean on does not drift
+# with training.recipe's defaults.
 FIXTURE_RECIPE: dict[str, object] = {"head": "linear", "cosine_margin": 0.0, "mix_style_p": 0.0,
-                                     "tau": 0.0, "dropout": 0.2}
+                                     "tau": 0.0, "dropout": 0.2, "style_strength": 0.5}
 
 
 @pytest.fixture(scope="session")

@@ -121,7 +121,7 @@ class TrainConfig(BaseSettings):
     hflip_p: float = Field(0.0, ge=0, le=1, description="mirror (off: text and arrows flip)")
     augment_strength: float = Field(1.0, ge=0, le=3, description="photometric + affine, 0 = off")
     style_strength: float = Field(
-        0.5, ge=0, le=3, description="art-style breakers (grayscale, posterize, outline, ...)"
+        RECIPE.style_strength, ge=0, le=3, description="art-style breakers (grayscale, posterize, outline, ...)"
     )
     erasing_p: float = Field(0.25, ge=0, le=1, description="random erasing probability")
     rand_conv_p: float = Field(
