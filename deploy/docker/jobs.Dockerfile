@@ -21,19 +21,24 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS build
 ARG VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# The versions CI tested (constraints.txt, written by `make lock`); CONSTRAINTS="" resolves the
+# newest ones instead, as `make setup CONSTRAINTS=` does.  torch itself is pinned by the extra.
+ARG CONSTRAINTS=constraints.txt
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY service ./service
 COPY training ./training
 COPY index_builder ./index_builder
 COPY demo ./demo
 # torch first, pinned to the `train` extra's requirement (read from pyproject.toml, so the two
 # never drift); the CPU index's "2.13.0+cpu" satisfies "==2.13.0", so the second install keeps it.
+# The constraints apply from the second install on: the CPU index does not carry every pinned
+# version of torch's own dependencies, so the second install moves those to the pinned ones.
 RUN set -eu; \
     case "$VARIANT" in cpu|gpu) ;; *) echo "VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 1;; esac; \
     pip install --upgrade pip; \
@@ -43,7 +48,7 @@ RUN set -eu; \
     else \
         pip install "$torch_req" --index-url "$TORCH_INDEX_URL"; \
     fi; \
-    pip install ".[serve,train]"; \
+    pip install ".[serve,train]" ${CONSTRAINTS:+--constraint "$CONSTRAINTS"}; \
     if [ "$VARIANT" = "gpu" ]; then \
         pip uninstall -y onnxruntime faiss-cpu; \
         pip install ".[gpu]" "onnxruntime-gpu[cuda,cudnn]"; \

@@ -18,6 +18,9 @@ FROM ${BASE_IMAGE} AS build
 # cpu: onnxruntime + faiss-cpu.  gpu: onnxruntime-gpu (with its pip CUDA/cuDNN libraries) and
 # faiss-gpu-cu12 instead; the host needs the NVIDIA container toolkit.
 ARG VARIANT=cpu
+# The versions CI tested (constraints.txt, written by `make lock`); CONSTRAINTS="" resolves the
+# newest ones instead, as `make setup CONSTRAINTS=` does.
+ARG CONSTRAINTS=constraints.txt
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -25,14 +28,14 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Only the inference core: the service never imports training/ or index_builder/.
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY service ./service
 # The CPU builds are uninstalled before the GPU ones go in: both ship the same `onnxruntime`
 # package folder, and removing one after the other would delete the other's files.
 RUN set -eu; \
     case "$VARIANT" in cpu|gpu) ;; *) echo "VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 1;; esac; \
     pip install --upgrade pip; \
-    pip install ".[serve]"; \
+    pip install ".[serve]" ${CONSTRAINTS:+--constraint "$CONSTRAINTS"}; \
     if [ "$VARIANT" = "gpu" ]; then \
         pip uninstall -y onnxruntime faiss-cpu; \
         pip install ".[gpu]" "onnxruntime-gpu[cuda,cudnn]"; \
