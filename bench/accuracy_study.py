@@ -110,6 +110,7 @@ VARIANTS: dict[str, Variant] = {
     "cosine_baseline": Variant(text_encoder=None, head="cosine", scale=16.0, margin=0.1),
     "cosine_mixstyle": recipe_variant(),  # the chosen recipe (training.recipe)
     "cosine_mixstyle_baseline": recipe_variant(text_encoder=None),
+    "cosine_mixstyle_lam05": recipe_variant(lam=0.5),  # SICoT's mixed term at half weight (sec. 13)
     "holdout_noto": Variant(vendors="google"),
     "holdout_noto_cosine_mixstyle": Variant(vendors="google", head="cosine", margin=0.1,
                                             mix_style=0.5),
