@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="materialized data set (made with materialize.py if stats.json is missing)")
     p.add_argument("--skus", type=int, default=0, help="materialize only N SKUs (0 = all)")
     p.add_argument("--out", type=Path, default=Path("/tmp/emoji_eval"), help="work/output folder")
+    p.add_argument("--cache-dir", type=Path,
+                   help="the study's trunk caches, if not in --out (accuracy_study --cache-dir)")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "results",
                    help="where emoji-catalog.md and its plot go")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
@@ -122,7 +124,8 @@ def build_caches(args: argparse.Namespace) -> tuple[study.Study, dict[str, Any]]
         "--cut", str(args.cut), "--train-views", str(args.train_views),
         "--catalog-views", str(args.catalog_views), "--batch-size", str(args.batch_size),
         "--seed", str(args.seed), "--threads", str(args.threads),
-        "--query", f"queries={args.data / 'queries' / 'manifest.jsonl'}"])
+        "--query", f"queries={args.data / 'queries' / 'manifest.jsonl'}",
+        *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else [])])
     st = study.build_study(ns)
     lm = st.splits.labels
     index = lm.index_of()
