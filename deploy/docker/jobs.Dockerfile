@@ -37,8 +37,8 @@ COPY index_builder ./index_builder
 COPY demo ./demo
 # torch first, pinned to the `train` extra's requirement (read from pyproject.toml, so the two
 # never drift); the CPU index's "2.13.0+cpu" satisfies "==2.13.0", so the second install keeps it.
-# The constraints apply from the second install on: the CPU index does not carry every pinned
-# version of torch's own dependencies, so the second install moves those to the pinned ones.
+# The constraints apply from the second install on (the CPU index need not carry every pinned
+# version of torch's own dependencies); that install moves those to the pinned versions.
 RUN set -eu; \
     case "$VARIANT" in cpu|gpu) ;; *) echo "VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 1;; esac; \
     pip install --upgrade pip; \
