@@ -65,7 +65,12 @@ def test_online_eval_reports_every_table(demo_catalog: Path, tiny_artifact: Path
     for c in cases.values():
         assert all(0 <= c[k] <= 100 for k in ("pred_crop_top1", "true_crop_top1", "service_top1"))
     assert {"decode", "localize", "recognize", "search", "fuse"} <= set(report["latency_ms"])
+    # the context view's share: only photos that looked again can answer from the wider crop
+    ctx = report["context_view"]
+    assert 0 <= ctx["answered_by_wider_view"] <= ctx["looked_again"] <= 100
+    assert (ctx["looked_again"] > 0) == ("context" in report["latency_ms"])
     text = docs.read_text()
+    assert "The context view looked again at" in text
     assert "## SKU recognition" in text and "training.online_eval" in text
     # re-rendering from report.json keeps the hand-written notes under the marker
     docs.write_text(text + "my note\n")

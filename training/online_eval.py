@@ -208,11 +208,14 @@ def sweep_weight(records: list[QueryRecord], weights: Sequence[float]) -> tuple[
     return best, {str(w): round(a, 2) for w, a in accs.items()}
 
 
-def second_pass(rec: Recognizer, snap: IndexSnapshot, items, records) -> tuple[list, dict]:
-    """The service path (constrained top-k + index check) and its stage latencies."""
+def second_pass(rec: Recognizer, snap: IndexSnapshot, items, records
+                ) -> tuple[list, dict, dict]:
+    """The service path (constrained top-k + index check): its top-3 per test photo, its
+    stage latencies, and how often the context view looked again and answered."""
     idx = rec.sicot.config.labels.index_of()  # type: ignore[union-attr]
     tops: list[list[int]] = []
     stages: dict[str, list[float]] = {}
+    looked = answered = 0
     for item, r in tqdm(list(zip(items, records, strict=True)), desc="service path"):
         if not r.test:
             continue
@@ -221,7 +224,16 @@ def second_pass(rec: Recognizer, snap: IndexSnapshot, items, records) -> tuple[l
         tops.append([idx.get(c.sku_id, -2) for c in res.candidates[:3]])
         for k, v in res.timings_ms.items():
             stages.setdefault(k, []).append(v)
-    return tops, {k: round(float(np.median(v)), 2) for k, v in stages.items()}
+        if "context" in res.timings_ms:  # the stage is timed only when it ran
+            looked += 1
+            main = res.objects[0]
+            if main.detection is not None and main.box != tuple(
+                    float(v) for v in rec.crop_rects(main.detection, "localizer", img.size)[0]):
+                answered += 1  # the wider crop, not the box's own, is what was recognized
+    n = max(len(tops), 1)
+    context = {"looked_again": round(100 * looked / n, 2),
+               "answered_by_wider_view": round(100 * answered / n, 2)}
+    return tops, {k: round(float(np.median(v)), 2) for k, v in stages.items()}, context
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -249,7 +261,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         val = test = records
     weight, sweep = sweep_weight(val, args.weights)
     rec.config = replace(cfg, fusion_weight=weight)
-    service_tops, latency = second_pass(rec, snap, items, records)
+    service_tops, latency, context = second_pass(rec, snap, items, records)
     labels = sicot.config.labels
     head = np.asarray(labels.train_counts) >= args.head_min  # type: ignore[union-attr]
     picks: dict[str, Any] = {f"({c}) {v}": (lambda r, v=v: r.topk[v])
@@ -269,6 +281,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                      for v in VIEWS},
         "localization": loc_report, "by_localization": localization_cases,
         "latency_ms": {"decode": round(decode_ms, 2), **latency},
+        "context_view": context,  # % of the test photos
         "config": {k: v for k, v in vars(args).items() if k != "func"},
     }
 

@@ -44,6 +44,15 @@ def _localizer_line(report: dict[str, Any]) -> str:
             f"images its main box reached mean IoU {val.get('main_iou_mean')}.")
 
 
+def _context_lines(report: dict[str, Any]) -> list[str]:
+    c = report.get("context_view")
+    if c is None:  # a report written before the share was counted
+        return []
+    return [f"The context view looked again at {c['looked_again']:.1f} % of the test photos "
+            f"(the `context` stage's median is over those only) and answered from the wider "
+            f"crop on {c['answered_by_wider_view']:.1f} %.", ""]
+
+
 def markdown(report: dict[str, Any], command: str) -> str:
     q = report["queries"]
     loc = report["localization"]
@@ -84,6 +93,7 @@ def markdown(report: dict[str, Any], command: str) -> str:
         "|" + "---|" * len(report["latency_ms"]),
         "| " + " | ".join(f"{v:.1f}" for v in report["latency_ms"].values()) + " |",
         "",
+        *_context_lines(report),
     ]
     return "\n".join(lines)
 
