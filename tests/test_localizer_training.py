@@ -4,6 +4,7 @@ ONNX export (checked against torch) and the service-side runner on the exported 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from service.localize import Detections, localize_image, main_box
 from training.localizer.cli import main
 from training.localizer.cutout import make_cutout
 from training.localizer.model import build_localizer
-from training.localizer.synth import SceneConfig, render_scene
+from training.localizer.synth import SceneConfig, occlude, render_scene
 from training.localizer.targets import make_targets
 
 COLOURS = [(220, 30, 30), (30, 160, 40), (40, 60, 200), (230, 180, 20), (150, 40, 160),
@@ -73,6 +74,27 @@ def test_scenes_are_deterministic_and_boxes_lie_in_the_image():
         assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all()
         assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= h).all()
         assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
+
+
+def test_occluder_covers_part_of_the_main_product_and_keeps_its_whole_box():
+    cuts = [make_cutout(packshot(i)) for i in range(4)]
+    cfg = SceneConfig(long_side=(96, 128))
+    for seed in range(6):  # amodal: the boxes are the products', occluded or not
+        _, boxes = render_scene(cuts, np.random.default_rng(seed), cfg)
+        _, occ_boxes = render_scene(cuts, np.random.default_rng(seed),
+                                    replace(cfg, occluder_p=1.0))
+        np.testing.assert_array_equal(boxes, occ_boxes)
+    # the blob covers about the asked-for share of the box (less where it leaves the box)
+    box = np.array([20.0, 30.0, 80.0, 90.0])
+    shares = []
+    for seed in range(20):
+        scene = Image.new("RGB", (100, 120), (255, 255, 255))
+        occlude(scene, box, np.random.default_rng(seed), (0.3, 0.3))
+        changed = (np.asarray(scene) != 255).any(-1)
+        assert changed.any()
+        shares.append(changed[30:90, 20:80].sum() / 3600)
+    assert 0.1 < float(np.mean(shares)) <= 0.32 and max(shares) <= 0.36
+    assert SceneConfig().occluder_p == 0.0  # off by default
 
 
 def test_targets_peak_at_the_centre_and_regress_inside_the_box():

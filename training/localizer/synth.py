@@ -42,6 +42,10 @@ class SceneConfig:
     motion_blur_p: float = 0.15
     noise_sigma: tuple[float, float] = (0.0, 12.0)
     jpeg_p: float = 0.6
+    # a non-product occluder (a hand, a price tag, a shelf edge) over part of the main
+    # product; its box stays the whole product's. 0 = never (the default)
+    occluder_p: float = 0.0
+    occluder_cover: tuple[float, float] = (0.1, 0.35)  # of the main product's box area
 
 
 def _rand_rgb(rng: np.random.Generator) -> np.ndarray:
@@ -242,4 +246,26 @@ def render_scene(
                 continue  # no room for this distractor
         _paste(scene, prod, (x, y), rng, cfg.shadow_p)
         boxes.append(box)
+    if cfg.occluder_p > 0 and boxes and rng.random() < cfg.occluder_p:
+        occlude(scene, boxes[0], rng, cfg.occluder_cover)
     return _photometric(scene, rng, cfg), np.stack(boxes).astype(np.float32)
+
+
+def occlude(scene: Image.Image, box: np.ndarray, rng: np.random.Generator,
+             cover: tuple[float, float]) -> None:
+    """Draw an elongated blob (a flat colour or a background texture) over part of ``box``:
+    about ``cover`` of its area, centred anywhere in it, so it may enter from an edge."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    area = rng.uniform(*cover) * max(x1 - x0, 1.0) * max(y1 - y0, 1.0)
+    ratio = rng.uniform(0.25, 1.0)  # short side / long side
+    long = math.sqrt(area * 4 / math.pi / ratio)
+    ew, eh = (long, long * ratio) if rng.random() < 0.5 else (long * ratio, long)
+    cx, cy = rng.uniform(x0, x1), rng.uniform(y0, y1)
+    w, h = max(2, math.ceil(ew)), max(2, math.ceil(eh))
+    mask = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(mask).ellipse((0, 0, w - 1, h - 1), fill=255)
+    if rng.random() < 0.5:
+        fill = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 256, 3)))
+    else:
+        fill = background(rng, w, h)
+    scene.paste(fill, (round(cx - w / 2), round(cy - h / 2)), mask)
