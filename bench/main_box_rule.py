@@ -33,8 +33,8 @@ from training.localizer.evaluate import true_boxes  # noqa: E402
 from training.online_eval import LOCALIZATION_CASES, localization_case  # noqa: E402
 
 
-def detect(loc, manifest: str, threshold: float, limit: int | None):
-    cfg = LocalizerConfig.from_model_cfg(loc.config.model, score_threshold=threshold)
+def detect(loc, manifest: str, threshold: float, limit: int | None, flip: bool | None = None):
+    cfg = LocalizerConfig.from_model_cfg(loc.config.model, score_threshold=threshold, flip=flip)
     out = []
     for item in tqdm([it for it in load_items(manifest) if it.box is not None][:limit],
                      desc=Path(manifest).parent.parent.name, unit="img"):
@@ -74,15 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size-powers", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     p.add_argument("--center-powers", type=float, nargs="+", default=[0.0, 1.0, 2.0])
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="the localizer's test-time flip on / off (default: the artifact's)")
     p.add_argument("--dump", default=None, metavar="DIR",
                    help="write the first set's missed / mis-picked photos, boxes drawn")
     args = p.parse_args(argv)
     loc = load_artifact(args.localizer, OnnxRuntimeSettings(intra_op_threads=1))
     default = LocalizerConfig.from_model_cfg(loc.config.model)
-    sets = {q.split("=", 1)[0]: detect(loc, q.split("=", 1)[1], min(args.thresholds), args.limit)
+    sets = {q.split("=", 1)[0]: detect(loc, q.split("=", 1)[1], min(args.thresholds), args.limit,
+                                       args.flip)
             for q in args.queries}
     print(f"artifact defaults: score_threshold {default.score_threshold}, size_power "
-          f"{default.size_power}, center_power {default.center_power}")
+          f"{default.size_power}, center_power {default.center_power}, flip {default.flip}; "
+          f"this run: flip {default.flip if args.flip is None else args.flip}")
     print("threshold size_pow center_pow | " + " | ".join(
         f"{n}: main IoU>=.5 / wrong pick / not found" for n in sets) + " | mean main IoU>=.5")
     for t, sp, cp in itertools.product(args.thresholds, args.size_powers, args.center_powers):

@@ -22,6 +22,7 @@ Public API::
     image_to_input_boxes(boxes, image_size, preprocess)   the inverse (training targets)
     nms(boxes, scores, iou_threshold) -> kept indices;  box_iou(a, b) -> (A, B) IoU matrix
     localize_image(artifact, img, cfg=None) -> Detections   preprocess + ONNX run + postprocess
+    merge_flipped(outputs, stride, input_width)  a (photo, mirror) batch → one image's maps
     locate_products(artifact, img, cfg=None, limit=1) -> [(box, score)], the main one first
     main_box(artifact, img, cfg=None) -> box or None        the main product's box
 
@@ -64,6 +65,9 @@ LTRB_OUTPUT = "ltrb"
 # artifact stores the values it was exported with in model["postprocess"].
 MAIN_BOX_SIZE_POWER = 2.0
 MAIN_BOX_CENTER_POWER = 1.0
+# Test-time flip of the localizer (accuracy-study.md, section 16): the photo and its mirror in
+# one batch, their maps averaged (the mirror's flipped back, left and right distances swapped).
+LOCALIZER_FLIP = False
 
 
 class LocalizerConfig(BaseModel):
@@ -81,6 +85,8 @@ class LocalizerConfig(BaseModel):
                               description="main-box rule: weight of box size")
     center_power: float = Field(MAIN_BOX_CENTER_POWER, ge=0.0,
                                 description="main-box rule: weight of centrality")
+    flip: bool = Field(LOCALIZER_FLIP, description="also run the mirrored photo and average "
+                       "the two views' maps before decoding (one batch of 2)")
 
     @classmethod
     def from_model_cfg(cls, model_cfg: Mapping[str, Any], **overrides: Any) -> LocalizerConfig:
@@ -229,6 +235,23 @@ def decode(
     return boxes.astype(np.float64), scores.astype(np.float32)
 
 
+def merge_flipped(
+    outputs: Mapping[str, np.ndarray], stride: float, input_width: int
+) -> dict[str, np.ndarray]:
+    """A batch of (image, its mirror)'s outputs → one image's outputs: the mirror's maps are
+    flipped back (its left and right distances swapped) and averaged with the image's."""
+    heat, reg = outputs[HEATMAP_OUTPUT], outputs[LTRB_OUTPUT]
+    if heat.shape[0] != 2 or reg.shape[0] != 2:
+        raise ValueError("merge_flipped takes a batch of (image, mirrored image)")
+    if heat.shape[-1] * stride != input_width:
+        raise ValueError(f"a {heat.shape[-1]}-cell map at stride {stride} does not tile "
+                         f"{input_width} px: the mirror's cells would not line up")
+    mirror_heat = heat[1][..., ::-1]
+    mirror_reg = reg[1][[2, 1, 0, 3]][..., ::-1]  # its left is the image's right
+    return {HEATMAP_OUTPUT: ((heat[0] + mirror_heat) / 2)[None],
+            LTRB_OUTPUT: ((reg[0] + mirror_reg) / 2)[None]}
+
+
 def postprocess(
     outputs: Mapping[str, np.ndarray],
     *,
@@ -315,7 +338,11 @@ def localize_image(
     model_cfg = artifact.config.model
     cfg = cfg or LocalizerConfig.from_model_cfg(model_cfg)
     batch = preprocess(img, artifact.preprocess)[None]
-    outputs = artifact.model.run(batch)
+    if cfg.flip:
+        batch = np.concatenate([batch, batch[..., ::-1]])
+    outputs = artifact.model.run(np.ascontiguousarray(batch))
+    if cfg.flip:
+        outputs = merge_flipped(outputs, float(model_cfg["stride"]), batch.shape[-1])
     return postprocess(
         outputs, image_size=img.size, preprocess=artifact.preprocess,
         model_cfg={**model_cfg, "postprocess": cfg.model_dump()},

@@ -12,6 +12,7 @@ from service.localize import (
     box_iou,
     image_to_input_boxes,
     input_to_image_boxes,
+    merge_flipped,
     nms,
     postprocess,
     select_main_box,
@@ -58,6 +59,36 @@ def test_decode_one_peak_square_image_maps_back_exactly():
     assert len(dets) == 1
     np.testing.assert_allclose(dets.boxes[0], np.array([20, 20, 44, 52]) * 2)
     np.testing.assert_allclose(dets.scores, [0.9])
+
+
+def mirrored(out):
+    """What a detector that sees the mirrored input gives: cells mirrored, l and r swapped."""
+    return {"heatmap": out["heatmap"][..., ::-1],
+            "ltrb": out["ltrb"][:, [2, 1, 0, 3]][..., ::-1]}
+
+
+def test_flip_merge_of_a_consistent_detector_decodes_the_same_box():
+    out = maps_with([(3, 4, 0.9, (2, 1, 1, 3))])
+    pair = {k: np.concatenate([out[k], mirrored(out)[k]]) for k in out}
+    merged = merge_flipped(pair, STRIDE, S)
+    np.testing.assert_allclose(merged["heatmap"], out["heatmap"])
+    np.testing.assert_allclose(merged["ltrb"], out["ltrb"])
+    kw = {"image_size": (128, 96), "preprocess": PreprocessConfig(input_size=S),
+          "model_cfg": MODEL_CFG}
+    np.testing.assert_allclose(postprocess(merged, **kw).boxes, postprocess(out, **kw).boxes)
+
+
+def test_flip_merge_averages_the_views_and_rejects_bad_batches():
+    # the mirror sees the product less surely and a little wider: scores and edges averaged
+    out = maps_with([(3, 4, 0.8, (2, 1, 1, 3))])
+    other = mirrored(maps_with([(3, 4, 0.4, (3, 1, 1, 3))]))
+    merged = merge_flipped({k: np.concatenate([out[k], other[k]]) for k in out}, STRIDE, S)
+    assert merged["heatmap"][0, 0, 3, 4] == pytest.approx(0.6)
+    np.testing.assert_allclose(merged["ltrb"][0, :, 3, 4], [2.5, 1, 1, 3])
+    with pytest.raises(ValueError, match="mirror"):
+        merge_flipped(out, STRIDE, S)
+    with pytest.raises(ValueError, match="line up"):
+        merge_flipped({k: np.concatenate([out[k], out[k]]) for k in out}, STRIDE, S + 4)
 
 
 def test_empty_and_below_threshold_give_no_detection():

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from service.artifact import load_artifact
 from service.catalog import read_catalog
-from service.localize import Detections, localize_image, main_box
+from service.localize import Detections, LocalizerConfig, localize_image, main_box
 from training.localizer.cli import main
 from training.localizer.cutout import make_cutout
 from training.localizer.model import build_localizer
@@ -148,6 +148,16 @@ def test_train_a_few_steps_export_and_onnx_matches_torch(tiny_catalog, tmp_path)
     assert (dets.boxes[:, 2] <= 120).all() and (dets.boxes[:, 3] <= 90).all()
     box = main_box(art, photo)
     assert box is None or (0 <= box[0] < box[2] <= 120 and 0 <= box[1] < box[3] <= 90)
+
+    # the test-time flip makes the localizer mirror-equivariant: the mirrored photo's boxes
+    # are the photo's, mirrored (120 x 90 letterboxes into 64 px without side padding)
+    flip = LocalizerConfig.from_model_cfg(cfg.model, flip=True, score_threshold=0.0)
+    a = localize_image(art, photo, flip)
+    b = localize_image(art, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT), flip)
+    assert len(a) > 0 and len(a) == len(b)
+    np.testing.assert_allclose(b.scores, a.scores, atol=1e-5)
+    np.testing.assert_allclose(b.boxes[:, [2, 1, 0, 3]] * [-1, 1, -1, 1] + [120, 0, 120, 0],
+                               a.boxes, atol=1e-3)
 
 
 def test_freeze_blocks_default_is_the_backbones():

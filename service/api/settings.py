@@ -128,6 +128,12 @@ class ServiceSettings(BaseSettings):
         description="best-candidate score under which the context view is tried; 0 = off")
     localizer_score_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="lowest detection score kept; unset = the artifact's")
+    localizer_size_power: float | None = Field(
+        None, ge=0.0, le=10.0,
+        description="main-box rule's weight of box size; unset = the artifact's")
+    localizer_flip: bool | None = Field(
+        None, description="test-time flip of the localizer (the photo and its mirror in one "
+        "batch, maps averaged); unset = the artifact's")
     search_k: int = Field(30, ge=1, le=1000, description="neighbours of the category vote")
     max_objects: int = Field(
         MAX_OBJECTS_LIMIT, ge=1, le=MAX_OBJECTS_LIMIT,

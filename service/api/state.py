@@ -99,6 +99,7 @@ class ServiceState:
         loc_cfg = LocalizerConfig.from_model_cfg(
             localizer.config.model if localizer else {},
             score_threshold=s.localizer_score_threshold,
+            size_power=s.localizer_size_power, flip=s.localizer_flip,
         )
         online = OnlineConfig(
             margin=s.localizer_margin, extra_margins=s.extra_crop_margins,
