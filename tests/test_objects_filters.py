@@ -81,10 +81,12 @@ def _post(client: TestClient, photo: Path, **params: Any) -> Any:
                        headers={**HEADERS, "Content-Type": "image/jpeg"})
 
 
-def _ordered_detections(localizer: Path, photo: Path, n: int) -> list[tuple[np.ndarray, float]]:
+def _ordered_detections(localizer: Path, photo: Path, n: int, **overrides: Any
+                        ) -> list[tuple[np.ndarray, float]]:
     """What the main-box rule orders, computed apart from the service: (detection, score)."""
     art = load_artifact(localizer)
-    cfg = LocalizerConfig.from_model_cfg(art.config.model, score_threshold=SCORE_THRESHOLD)
+    cfg = LocalizerConfig.from_model_cfg(art.config.model, score_threshold=SCORE_THRESHOLD,
+                                         **overrides)
     img = Image.open(photo).convert("RGB")
     dets = localize_image(art, img, cfg)
     values = main_box_values(dets, img.size, size_power=cfg.size_power,
@@ -93,12 +95,13 @@ def _ordered_detections(localizer: Path, photo: Path, n: int) -> list[tuple[np.n
     return [(dets.boxes[i], float(dets.scores[i])) for i in order]
 
 
-def _expected_objects(localizer: Path, photo: Path, n: int) -> list[tuple[list[float], float]]:
+def _expected_objects(localizer: Path, photo: Path, n: int, **overrides: Any
+                      ) -> list[tuple[list[float], float]]:
     """(crop box, score) of the first ``n`` objects; the test artifact keeps the default crop
     margin (its preprocess.crop_margin)."""
     size = Image.open(photo).size
     return [(list(map(float, crop_rect(det, CROP_MARGIN, size))), score)
-            for det, score in _ordered_detections(localizer, photo, n)]
+            for det, score in _ordered_detections(localizer, photo, n, **overrides)]
 
 
 def _busy_photo(demo_catalog: Path, localizer: Path) -> Path:
@@ -154,6 +157,31 @@ def test_an_objects_box_sent_back_as_roi_recognises_that_crop_again(
     assert [c["sku_id"] for c in again["candidates"]] == [c["sku_id"] for c in second["candidates"]]
     assert [c["score"] for c in again["candidates"]] == pytest.approx(
         [c["score"] for c in second["candidates"]], abs=1e-5)
+
+
+def test_localizer_flip_and_size_power_settings_override_the_artifacts(
+    served: dict[str, Any], demo_catalog: Path, localizer: Path
+) -> None:
+    photo = _busy_photo(demo_catalog, localizer)
+    overrides = {"flip": True, "size_power": 0.0}
+    expected = _expected_objects(localizer, photo, 3, **overrides)
+    assert expected != _expected_objects(localizer, photo, 3)  # the settings change the boxes
+    settings = served["settings"].model_copy(
+        update={"localizer_flip": True, "localizer_size_power": 0.0})
+    with TestClient(create_app(settings)) as client:
+        state = client.app.state.service  # type: ignore[attr-defined]
+        loc = state.recognizer.localizer.model
+        loc.session = RecordingSession(loc.session)
+        try:
+            body = _post(client, photo, max_objects=3, top_k=3).json()
+            loc_batches = loc.session.batches
+        finally:
+            loc.session = loc.session.session
+    assert [b[0] for b in loc_batches] == [2]  # the photo and its mirror in one call
+    assert [o["box"]["pixels"] for o in body["objects"]] == \
+        [pytest.approx(box, abs=1e-3) for box, _ in expected]
+    assert [o["score"] for o in body["objects"]] == \
+        [pytest.approx(score, abs=1e-6) for _, score in expected]
 
 
 @pytest.mark.parametrize("value", [0, 11, "x"])
